@@ -1,0 +1,345 @@
+//! `phylax manifests`: everything `kubectl apply -f -` needs to run Phylax in a cluster.
+//!
+//! RBAC grants each role only what its code uses today; each feature adds its own rules next to
+//! the code that needs them. The KMS plugin is not here: it runs as a static pod or systemd unit on
+//! control-plane nodes, outside the cluster's own workloads.
+
+use std::collections::BTreeMap;
+
+use clap::Args;
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Namespace, ObjectFieldSelector,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
+    Service, ServiceAccount, ServicePort, ServiceSpec, Toleration,
+};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role as RbacRole, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::Value;
+
+use crate::cli::Role;
+
+#[derive(Debug, Args)]
+pub struct ManifestArgs {
+    /// Namespace to install into
+    #[arg(long, short = 'n', default_value = "phylax-system", value_parser = crate::runtime::names::parse_namespace)]
+    pub namespace: String,
+
+    /// Container image holding the phylax binary (entrypoint `phylax`)
+    #[arg(long, value_name = "REF", default_value_t = default_image())]
+    pub image: String,
+}
+
+pub fn default_image() -> String {
+    format!("phylax:{}", crate::version::VERSION)
+}
+
+/// The lease the operator replicas elect their leader on; the operator's `--lease-name` default.
+pub const OPERATOR_LEASE: &str = "phylax-operator";
+const NON_ROOT_UID: i64 = 65532;
+
+/// All objects, in apply order: namespace, CRDs, identities and RBAC, then workloads.
+pub fn manifests(args: &ManifestArgs) -> anyhow::Result<Vec<Value>> {
+    let ns = args.namespace.as_str();
+    let mut out: Vec<Value> = Vec::new();
+    let mut push = |v: serde_json::Result<Value>| -> anyhow::Result<()> {
+        out.push(v?);
+        Ok(())
+    };
+    push(serde_json::to_value(Namespace {
+        metadata: ObjectMeta {
+            name: Some(ns.to_owned()),
+            labels: Some(labels(None)),
+            ..Default::default()
+        },
+        ..Default::default()
+    }))?;
+    for crd in super::crds() {
+        push(serde_json::to_value(crd))?;
+    }
+
+    // operator: elects its leader on one Lease in its own namespace.
+    push(serde_json::to_value(service_account(ns, Role::Operator, true)))?;
+    push(serde_json::to_value(RbacRole {
+        metadata: meta(ns, "phylax-operator-leader-election", Role::Operator),
+        rules: Some(vec![
+            rule("coordination.k8s.io", "leases", &["create"], None),
+            rule("coordination.k8s.io", "leases", &["get", "update"], Some(OPERATOR_LEASE)),
+        ]),
+    }))?;
+    push(serde_json::to_value(role_binding(ns, "phylax-operator-leader-election", Role::Operator)))?;
+    push(serde_json::to_value(deployment(ns, &args.image, Role::Operator, 2, &["--leader-elect=true"])))?;
+    push(serde_json::to_value(admin_service(ns, Role::Operator)))?;
+
+    // webhook: no API access needed yet.
+    push(serde_json::to_value(service_account(ns, Role::Webhook, false)))?;
+    push(serde_json::to_value(deployment(ns, &args.image, Role::Webhook, 2, &[])))?;
+    push(serde_json::to_value(admin_service(ns, Role::Webhook)))?;
+
+    // node-agent: one per node, including control-plane nodes.
+    push(serde_json::to_value(service_account(ns, Role::NodeAgent, false)))?;
+    push(serde_json::to_value(node_agent(ns, &args.image)))?;
+    Ok(out)
+}
+
+pub fn render(args: &ManifestArgs) -> anyhow::Result<String> {
+    super::to_yaml_stream("Phylax: apply with `kubectl apply --server-side -f -`", &manifests(args)?)
+}
+
+fn labels(role: Option<Role>) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "phylax".to_owned()),
+        ("app.kubernetes.io/part-of".to_owned(), "phylax".to_owned()),
+        ("app.kubernetes.io/managed-by".to_owned(), "phylax-manifests".to_owned()),
+    ]);
+    if let Some(role) = role {
+        l.insert("app.kubernetes.io/component".to_owned(), role.name().to_owned());
+    }
+    l
+}
+
+fn selector_labels(role: Role) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "phylax".to_owned()),
+        ("app.kubernetes.io/component".to_owned(), role.name().to_owned()),
+    ])
+}
+
+fn meta(ns: &str, name: &str, role: Role) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(ns.to_owned()),
+        labels: Some(labels(Some(role))),
+        ..Default::default()
+    }
+}
+
+fn object_name(role: Role) -> String {
+    format!("phylax-{}", role.name())
+}
+
+fn service_account(ns: &str, role: Role, uses_api: bool) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(ns, &object_name(role), role),
+        automount_service_account_token: Some(uses_api),
+        ..Default::default()
+    }
+}
+
+fn rule(group: &str, resource: &str, verbs: &[&str], name: Option<&str>) -> PolicyRule {
+    PolicyRule {
+        api_groups: Some(vec![group.to_owned()]),
+        resources: Some(vec![resource.to_owned()]),
+        verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
+        resource_names: name.map(|n| vec![n.to_owned()]),
+        ..Default::default()
+    }
+}
+
+fn role_binding(ns: &str, name: &str, role: Role) -> RoleBinding {
+    RoleBinding {
+        metadata: meta(ns, name, role),
+        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "Role".into(), name: name.into() },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: object_name(role),
+            namespace: Some(ns.to_owned()),
+            ..Default::default()
+        }]),
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: path.to_owned(), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn probe(path: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("admin".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Default::default()
+    }
+}
+
+fn container(image: &str, role: Role, extra_args: &[&str]) -> Container {
+    let mut args = vec![role.name().to_owned(), "--log-format=json".to_owned()];
+    args.extend(extra_args.iter().map(|a| (*a).to_owned()));
+    let port = i32::from(role.default_admin_addr().port());
+    Container {
+        name: role.name().to_owned(),
+        image: Some(image.to_owned()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        args: Some(args),
+        env: Some(vec![
+            field_env("POD_NAMESPACE", "metadata.namespace"),
+            field_env("POD_NAME", "metadata.name"),
+            EnvVar { name: "RUST_LOG".into(), value: Some("info".into()), ..Default::default() },
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("admin".into()),
+            container_port: port,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        liveness_probe: Some(probe("/livez", 10)),
+        readiness_probe: Some(probe("/readyz", 5)),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_owned(), Quantity("20m".into())),
+                ("memory".to_owned(), Quantity("32Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([("memory".to_owned(), Quantity("256Mi".into()))])),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(NON_ROOT_UID),
+            run_as_group: Some(NON_ROOT_UID),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn pod_template(image: &str, role: Role, extra_args: &[&str]) -> PodTemplateSpec {
+    let mut template_labels = labels(Some(role));
+    template_labels.extend(selector_labels(role));
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta { labels: Some(template_labels), ..Default::default() }),
+        spec: Some(PodSpec {
+            service_account_name: Some(object_name(role)),
+            containers: vec![container(image, role, extra_args)],
+            termination_grace_period_seconds: Some(30),
+            enable_service_links: Some(false),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+fn deployment(ns: &str, image: &str, role: Role, replicas: i32, extra_args: &[&str]) -> Deployment {
+    Deployment {
+        metadata: meta(ns, &object_name(role), role),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector { match_labels: Some(selector_labels(role)), ..Default::default() },
+            template: pod_template(image, role, extra_args),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn node_agent(ns: &str, image: &str) -> DaemonSet {
+    let role = Role::NodeAgent;
+    let mut template = pod_template(image, role, &[]);
+    if let Some(spec) = template.spec.as_mut() {
+        spec.tolerations = Some(vec![Toleration { operator: Some("Exists".into()), ..Default::default() }]);
+        if let Some(env) = spec.containers[0].env.as_mut() {
+            env.push(field_env("NODE_NAME", "spec.nodeName"));
+        }
+    }
+    DaemonSet {
+        metadata: meta(ns, &object_name(role), role),
+        spec: Some(DaemonSetSpec {
+            selector: LabelSelector { match_labels: Some(selector_labels(role)), ..Default::default() },
+            template,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A Service in front of a role's admin port, for metrics scraping.
+fn admin_service(ns: &str, role: Role) -> Service {
+    Service {
+        metadata: meta(ns, &format!("{}-admin", object_name(role)), role),
+        spec: Some(ServiceSpec {
+            selector: Some(selector_labels(role)),
+            ports: Some(vec![ServicePort {
+                name: Some("admin".into()),
+                port: i32::from(role.default_admin_addr().port()),
+                target_port: Some(IntOrString::String("admin".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render_default() -> Vec<Value> {
+        manifests(&ManifestArgs { namespace: "sec".into(), image: "reg/phylax:t".into() }).unwrap()
+    }
+
+    #[test]
+    fn every_namespaced_object_is_in_the_chosen_namespace() {
+        for obj in render_default() {
+            let kind = obj["kind"].as_str().unwrap();
+            if kind == "Namespace" || kind == "CustomResourceDefinition" {
+                continue;
+            }
+            assert_eq!(obj["metadata"]["namespace"], "sec", "{kind}");
+        }
+    }
+
+    #[test]
+    fn workloads_run_as_non_root_with_read_only_root() {
+        let objs = render_default();
+        let workloads: Vec<_> = objs.iter().filter(|o| ["Deployment", "DaemonSet"].contains(&o["kind"].as_str().unwrap())).collect();
+        assert_eq!(workloads.len(), 3);
+        for w in workloads {
+            let c = &w["spec"]["template"]["spec"]["containers"][0];
+            assert_eq!(c["image"], "reg/phylax:t");
+            assert_eq!(c["securityContext"]["runAsNonRoot"], true);
+            assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+            assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+            assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
+            let role = c["args"][0].as_str().unwrap();
+            assert!(Role::from_name(role).is_some(), "{role}");
+            assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+        }
+    }
+
+    #[test]
+    fn only_the_operator_gets_an_api_token_and_rbac() {
+        let objs = render_default();
+        for sa in objs.iter().filter(|o| o["kind"] == "ServiceAccount") {
+            let name = sa["metadata"]["name"].as_str().unwrap();
+            assert_eq!(sa["automountServiceAccountToken"], name == "phylax-operator", "{name}");
+        }
+        let roles: Vec<_> = objs.iter().filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole").collect();
+        assert_eq!(roles.len(), 1);
+        let rules = roles[0]["rules"].as_array().unwrap();
+        // get/update are pinned to the one lease; create cannot be pinned by name.
+        assert_eq!(rules[1]["resourceNames"][0], OPERATOR_LEASE);
+        assert!(rules.iter().all(|r| r["resources"][0] == "leases"));
+    }
+
+}

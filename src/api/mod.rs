@@ -1,0 +1,24 @@
+//! Phylax's API: CustomResourceDefinitions (one file per API group as they arrive) and the
+//! deployment manifests rendered from the same code, so what is installed matches what runs.
+
+pub mod manifests;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
+/// Every CRD of this build, in a stable order.
+///
+/// None exists yet: `SecretProvider`, the profile kinds, the ephemeral kinds and `TokenShield`
+/// each arrive with their feature.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    Vec::new()
+}
+
+/// YAML documents, each starting with `---`, after a comment naming what they are.
+pub fn to_yaml_stream<T: serde::Serialize>(title: &str, objects: &[T]) -> anyhow::Result<String> {
+    let mut out = format!("# {title} (phylax {})\n", crate::version::VERSION);
+    for object in objects {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(object)?);
+    }
+    Ok(out)
+}

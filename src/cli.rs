@@ -1,0 +1,276 @@
+//! Command line: one subcommand per role compiled into this build, plus the tool subcommands.
+//!
+//! The binary is also dispatched by the name it was started under (`phylax-operator` behaves as
+//! `phylax operator`), busybox style, so one image can carry every role behind symlinks.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use clap::{Parser, Subcommand};
+
+use crate::api::manifests::ManifestArgs;
+
+/// The roles Phylax knows, compiled in or not. Used for dispatch and for clear errors about roles a
+/// build left out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Operator,
+    Webhook,
+    KmsPlugin,
+    NodeAgent,
+    Tokenizer,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [Role::Operator, Role::Webhook, Role::KmsPlugin, Role::NodeAgent, Role::Tokenizer];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Operator => "operator",
+            Role::Webhook => "webhook",
+            Role::KmsPlugin => "kms-plugin",
+            Role::NodeAgent => "node-agent",
+            Role::Tokenizer => "tokenizer",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == name)
+    }
+
+    /// Whether this build contains the role (its cargo feature has the role's name).
+    pub fn compiled(self) -> bool {
+        match self {
+            Role::Operator => cfg!(feature = "operator"),
+            Role::Webhook => cfg!(feature = "webhook"),
+            Role::KmsPlugin => cfg!(feature = "kms-plugin"),
+            Role::NodeAgent => cfg!(feature = "node-agent"),
+            Role::Tokenizer => cfg!(feature = "tokenizer"),
+        }
+    }
+
+    /// Each role has its own admin port so several roles can share a host (the KMS plugin and the
+    /// node agent do, on control-plane nodes). The KMS plugin runs in the host network namespace,
+    /// so it only listens on loopback unless told otherwise.
+    pub fn default_admin_addr(self) -> std::net::SocketAddr {
+        let (ip, port) = match self {
+            Role::Operator => ([0, 0, 0, 0], 9090),
+            Role::Webhook => ([0, 0, 0, 0], 9091),
+            Role::KmsPlugin => ([127, 0, 0, 1], 9092),
+            Role::NodeAgent => ([0, 0, 0, 0], 9093),
+            Role::Tokenizer => ([0, 0, 0, 0], 9094),
+        };
+        (ip, port).into()
+    }
+
+    pub fn compiled_names() -> Vec<&'static str> {
+        Role::ALL.into_iter().filter(|r| r.compiled()).map(Role::name).collect()
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "phylax",
+    version = crate::version::VERSION,
+    about = "Kubernetes data protection: KMS plugin, secret sync, security profiles, ephemeral data, tokenization",
+    after_help = roles_help(),
+    subcommand_required = true,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+fn roles_help() -> String {
+    format!(
+        "Roles in this build: {}.\nEach role can also be started as phylax-<role> (a symlink or copy of this binary).",
+        Role::compiled_names().join(", ")
+    )
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controllers (secret sync, profiles, ephemeral data, tokenization, webhook CA)
+    #[cfg(feature = "operator")]
+    Operator(crate::operator::Args),
+    /// Run the admission webhook server
+    #[cfg(feature = "webhook")]
+    Webhook(crate::webhook::Args),
+    /// Run the KMS v2/v1 plugin for the API server's encryption at rest
+    #[cfg(feature = "kms-plugin")]
+    KmsPlugin(crate::kms::Args),
+    /// Run the per-node agent (security profiles on this node)
+    #[cfg(feature = "node-agent")]
+    NodeAgent(crate::node_agent::Args),
+    /// Run the tokenization service
+    #[cfg(feature = "tokenizer")]
+    Tokenizer(crate::tokenizer::Args),
+    /// Print version, git commit and the features compiled in
+    Version(crate::version::VersionArgs),
+    /// Print every CustomResourceDefinition as YAML
+    Crd,
+    /// Print everything `kubectl apply -f -` needs to install Phylax
+    Manifests(ManifestArgs),
+}
+
+/// What the command line asked for, or why it cannot be run.
+pub enum Parsed {
+    Run(Cli),
+    /// Help or version text, printed to stdout, success.
+    Info(String),
+    /// Nothing to run was given: usage on stderr, failure.
+    Usage(String),
+    /// A one-line error for stderr.
+    Error(String),
+}
+
+/// Parses the process arguments, applying busybox-style dispatch on the executable's name.
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Parsed {
+    let mut args: Vec<OsString> = args.into_iter().collect();
+    let argv0 = args.first().cloned().unwrap_or_else(|| "phylax".into());
+    if let Some(role) = role_from_exe_name(&argv0) {
+        if !role.compiled() {
+            return Parsed::Error(not_compiled(role.name()));
+        }
+        args.insert(1, role.name().into());
+    }
+    // Make clap's messages say `phylax`, whatever the executable is called.
+    if let Some(first) = args.first_mut() {
+        *first = "phylax".into();
+    }
+
+    // A known role that this build left out deserves a better answer than "unrecognized subcommand".
+    if let Some(sub) = first_positional(&args)
+        && let Some(role) = Role::from_name(sub)
+        && !role.compiled()
+    {
+        return Parsed::Error(not_compiled(role.name()));
+    }
+
+    match Cli::try_parse_from(&args) {
+        Ok(cli) => Parsed::Run(cli),
+        Err(e) => match e.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                Parsed::Info(e.render().to_string())
+            }
+            clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                Parsed::Usage(e.render().to_string())
+            }
+            clap::error::ErrorKind::InvalidSubcommand => Parsed::Error(format!(
+                "unknown command '{}'; roles in this build: {}; other commands: version, crd, manifests (see 'phylax --help')",
+                first_positional(&args).unwrap_or_default(),
+                Role::compiled_names().join(", ")
+            )),
+            _ => Parsed::Error(one_line_clap_error(&e, first_positional(&args))),
+        },
+    }
+}
+
+fn not_compiled(role: &str) -> String {
+    format!(
+        "this phylax build does not contain the '{role}' role (built without the '{role}' cargo feature); \
+         roles in this build: {}",
+        display_list(&Role::compiled_names())
+    )
+}
+
+fn display_list(names: &[&str]) -> String {
+    if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+}
+
+/// `phylax-kms-plugin` → KmsPlugin. Any other name (`phylax`, `a.out`) → None.
+fn role_from_exe_name(argv0: &OsString) -> Option<Role> {
+    let name = Path::new(argv0).file_name()?.to_str()?;
+    Role::from_name(name.strip_prefix("phylax-")?)
+}
+
+fn first_positional(args: &[OsString]) -> Option<&str> {
+    args.iter().skip(1).filter_map(|a| a.to_str()).find(|a| !a.starts_with('-'))
+}
+
+/// clap explains errors over several lines (usage, tips); operators reading a crash-looping pod's
+/// log want one line that says what is wrong and where to look.
+fn one_line_clap_error(e: &clap::Error, subcommand: Option<&str>) -> String {
+    let rendered = e.render().to_string();
+    let first = rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+    let first = first.trim().trim_start_matches("error:").trim();
+    let tip = rendered
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("tip:"))
+        .map(|t| format!(" ({})", t.trim()))
+        .unwrap_or_default();
+    let help = match subcommand {
+        Some(sub) if Role::from_name(sub).is_some() || ["version", "crd", "manifests"].contains(&sub) => {
+            format!("phylax {sub} --help")
+        }
+        _ => "phylax --help".to_owned(),
+    };
+    format!("{first}{tip}; see '{help}'")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_strs(args: &[&str]) -> Parsed {
+        parse(args.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn exe_name_selects_role() {
+        assert_eq!(role_from_exe_name(&"/usr/bin/phylax-kms-plugin".into()), Some(Role::KmsPlugin));
+        assert_eq!(role_from_exe_name(&"phylax-operator".into()), Some(Role::Operator));
+        assert_eq!(role_from_exe_name(&"phylax".into()), None);
+        assert_eq!(role_from_exe_name(&"phylax-unknown".into()), None);
+        assert_eq!(role_from_exe_name(&"kms-plugin".into()), None);
+    }
+
+    #[test]
+    fn unknown_command_is_one_line_and_names_the_roles() {
+        let Parsed::Error(msg) = parse_strs(&["phylax", "frobnicate"]) else { panic!("expected an error") };
+        assert!(!msg.contains('\n'), "{msg}");
+        assert!(msg.contains("unknown command 'frobnicate'"), "{msg}");
+        for role in Role::compiled_names() {
+            assert!(msg.contains(role), "{msg}");
+        }
+    }
+
+    #[test]
+    fn unknown_flag_is_one_line_and_points_at_help() {
+        let Parsed::Error(msg) = parse_strs(&["phylax", "version", "--frobnicate"]) else {
+            panic!("expected an error")
+        };
+        assert!(!msg.contains('\n'), "{msg}");
+        assert!(msg.contains("--frobnicate"), "{msg}");
+        assert!(msg.ends_with("see 'phylax version --help'"), "{msg}");
+    }
+
+    #[test]
+    fn help_is_info_not_error() {
+        assert!(matches!(parse_strs(&["phylax", "--help"]), Parsed::Info(_)));
+        assert!(matches!(parse_strs(&["phylax"]), Parsed::Usage(_)));
+    }
+
+    #[test]
+    fn tool_subcommands_parse() {
+        assert!(matches!(parse_strs(&["phylax", "crd"]), Parsed::Run(_)));
+        assert!(matches!(
+            parse_strs(&["phylax", "manifests", "--namespace", "sec", "--image", "r/p:1"]),
+            Parsed::Run(_)
+        ));
+        assert!(matches!(parse_strs(&["phylax-version-not-a-role", "version"]), Parsed::Run(_)));
+    }
+
+    #[test]
+    fn roles_left_out_of_the_build_are_named() {
+        for role in Role::ALL.into_iter().filter(|r| !r.compiled()) {
+            let Parsed::Error(msg) = parse_strs(&["phylax", role.name()]) else { panic!("expected an error") };
+            assert!(msg.contains("does not contain"), "{msg}");
+            let exe = format!("phylax-{}", role.name());
+            let Parsed::Error(msg) = parse_strs(&[&exe]) else { panic!("expected an error") };
+            assert!(msg.contains(role.name()), "{msg}");
+        }
+    }
+}

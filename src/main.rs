@@ -1,0 +1,90 @@
+//! phylax: one static binary, several roles (`phylax <role>` or `phylax-<role>`).
+
+mod api;
+mod cli;
+#[cfg(feature = "kms-plugin")]
+mod kms;
+#[cfg(feature = "node-agent")]
+mod node_agent;
+#[cfg(feature = "operator")]
+mod operator;
+mod runtime;
+#[cfg(feature = "tokenizer")]
+mod tokenizer;
+mod version;
+#[cfg(feature = "webhook")]
+mod webhook;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use cli::{Command, Parsed};
+
+fn main() -> ExitCode {
+    // One TLS provider for every rustls user in the process (kube client, webhook server, gRPC).
+    // It can only fail if another provider was installed first, which nothing here does.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let cli = match cli::parse(std::env::args_os()) {
+        Parsed::Run(cli) => cli,
+        Parsed::Info(text) => return print(&text),
+        Parsed::Usage(text) => {
+            eprint!("{text}");
+            return ExitCode::from(2);
+        }
+        Parsed::Error(msg) => {
+            eprintln!("error: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Version(args) => return print(&version::render(args.output)),
+        Command::Crd => api::to_yaml_stream("Phylax CustomResourceDefinitions", &api::crds()),
+        Command::Manifests(args) => api::manifests::render(&args),
+        role => run_role(role).map(|()| String::new()),
+    };
+    match result {
+        Ok(text) => print(&text),
+        Err(e) => {
+            // One line, the whole cause chain: what failed and what to do about it.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print(text: &str) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        // A closed pipe (`phylax crd | head`) is not worth a panic.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write to stdout: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_role(command: Command) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("phylax-worker")
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async move {
+        match command {
+            #[cfg(feature = "operator")]
+            Command::Operator(args) => operator::run(args).await,
+            #[cfg(feature = "webhook")]
+            Command::Webhook(args) => webhook::run(args).await,
+            #[cfg(feature = "kms-plugin")]
+            Command::KmsPlugin(args) => kms::run(args).await,
+            #[cfg(feature = "node-agent")]
+            Command::NodeAgent(args) => node_agent::run(args).await,
+            #[cfg(feature = "tokenizer")]
+            Command::Tokenizer(args) => tokenizer::run(args).await,
+            Command::Version(_) | Command::Crd | Command::Manifests(_) => Ok(()),
+        }
+    })
+}
