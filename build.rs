@@ -15,8 +15,13 @@ fn main() {
         .ok()
         .filter(|c| !c.is_empty())
         .or_else(|| {
-            let out = Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).output().ok()?;
-            out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+            let out = Command::new("git")
+                .args(["rev-parse", "--short=12", "HEAD"])
+                .output()
+                .ok()?;
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
         })
         .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=PHYLAX_GIT_COMMIT={commit}");

@@ -22,7 +22,13 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [Role::Operator, Role::Webhook, Role::KmsPlugin, Role::NodeAgent, Role::Tokenizer];
+    pub const ALL: [Role; 5] = [
+        Role::Operator,
+        Role::Webhook,
+        Role::KmsPlugin,
+        Role::NodeAgent,
+        Role::Tokenizer,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -64,7 +70,11 @@ impl Role {
     }
 
     pub fn compiled_names() -> Vec<&'static str> {
-        Role::ALL.into_iter().filter(|r| r.compiled()).map(Role::name).collect()
+        Role::ALL
+            .into_iter()
+            .filter(|r| r.compiled())
+            .map(Role::name)
+            .collect()
     }
 }
 
@@ -176,7 +186,11 @@ fn not_compiled(role: &str) -> String {
 }
 
 fn display_list(names: &[&str]) -> String {
-    if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
 }
 
 /// `phylax-kms-plugin` → KmsPlugin. Any other name (`phylax`, `a.out`) → None.
@@ -186,14 +200,20 @@ fn role_from_exe_name(argv0: &OsString) -> Option<Role> {
 }
 
 fn first_positional(args: &[OsString]) -> Option<&str> {
-    args.iter().skip(1).filter_map(|a| a.to_str()).find(|a| !a.starts_with('-'))
+    args.iter()
+        .skip(1)
+        .filter_map(|a| a.to_str())
+        .find(|a| !a.starts_with('-'))
 }
 
 /// clap explains errors over several lines (usage, tips); operators reading a crash-looping pod's
 /// log want one line that says what is wrong and where to look.
 fn one_line_clap_error(e: &clap::Error, subcommand: Option<&str>) -> String {
     let rendered = e.render().to_string();
-    let first = rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+    let first = rendered
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid arguments");
     let first = first.trim().trim_start_matches("error:").trim();
     let tip = rendered
         .lines()
@@ -220,8 +240,14 @@ mod tests {
 
     #[test]
     fn exe_name_selects_role() {
-        assert_eq!(role_from_exe_name(&"/usr/bin/phylax-kms-plugin".into()), Some(Role::KmsPlugin));
-        assert_eq!(role_from_exe_name(&"phylax-operator".into()), Some(Role::Operator));
+        assert_eq!(
+            role_from_exe_name(&"/usr/bin/phylax-kms-plugin".into()),
+            Some(Role::KmsPlugin)
+        );
+        assert_eq!(
+            role_from_exe_name(&"phylax-operator".into()),
+            Some(Role::Operator)
+        );
         assert_eq!(role_from_exe_name(&"phylax".into()), None);
         assert_eq!(role_from_exe_name(&"phylax-unknown".into()), None);
         assert_eq!(role_from_exe_name(&"kms-plugin".into()), None);
@@ -229,7 +255,9 @@ mod tests {
 
     #[test]
     fn unknown_command_is_one_line_and_names_the_roles() {
-        let Parsed::Error(msg) = parse_strs(&["phylax", "frobnicate"]) else { panic!("expected an error") };
+        let Parsed::Error(msg) = parse_strs(&["phylax", "frobnicate"]) else {
+            panic!("expected an error")
+        };
         assert!(!msg.contains('\n'), "{msg}");
         assert!(msg.contains("unknown command 'frobnicate'"), "{msg}");
         for role in Role::compiled_names() {
@@ -260,16 +288,23 @@ mod tests {
             parse_strs(&["phylax", "manifests", "--namespace", "sec", "--image", "r/p:1"]),
             Parsed::Run(_)
         ));
-        assert!(matches!(parse_strs(&["phylax-version-not-a-role", "version"]), Parsed::Run(_)));
+        assert!(matches!(
+            parse_strs(&["phylax-version-not-a-role", "version"]),
+            Parsed::Run(_)
+        ));
     }
 
     #[test]
     fn roles_left_out_of_the_build_are_named() {
         for role in Role::ALL.into_iter().filter(|r| !r.compiled()) {
-            let Parsed::Error(msg) = parse_strs(&["phylax", role.name()]) else { panic!("expected an error") };
+            let Parsed::Error(msg) = parse_strs(&["phylax", role.name()]) else {
+                panic!("expected an error")
+            };
             assert!(msg.contains("does not contain"), "{msg}");
             let exe = format!("phylax-{}", role.name());
-            let Parsed::Error(msg) = parse_strs(&[&exe]) else { panic!("expected an error") };
+            let Parsed::Error(msg) = parse_strs(&[&exe]) else {
+                panic!("expected an error")
+            };
             assert!(msg.contains(role.name()), "{msg}");
         }
     }

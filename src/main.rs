@@ -47,10 +47,20 @@ fn main() -> ExitCode {
         Ok(text) => print(&text),
         Err(e) => {
             // One line, the whole cause chain: what failed and what to do about it.
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Some causes (YAML parse errors) span several lines with a caret diagram; a crash-looping pod's
+/// last log line should hold the whole message.
+fn one_line(msg: &str) -> String {
+    msg.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '^' || c == '|'))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn print(text: &str) -> ExitCode {

@@ -33,7 +33,12 @@ pub struct VersionInfo {
 pub fn info() -> VersionInfo {
     // Provider features join this list as they arrive.
     let features: Vec<&'static str> = Role::compiled_names();
-    VersionInfo { version: VERSION, git_commit: GIT_COMMIT, roles: Role::compiled_names(), features }
+    VersionInfo {
+        version: VERSION,
+        git_commit: GIT_COMMIT,
+        roles: Role::compiled_names(),
+        features,
+    }
 }
 
 pub fn render(format: VersionFormat) -> String {

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use clap::Args;
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Namespace, ObjectFieldSelector,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
-    Service, ServiceAccount, ServicePort, ServiceSpec, Toleration,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Namespace,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Toleration,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role as RbacRole, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -66,16 +66,37 @@ pub fn manifests(args: &ManifestArgs) -> anyhow::Result<Vec<Value>> {
         metadata: meta(ns, "phylax-operator-leader-election", Role::Operator),
         rules: Some(vec![
             rule("coordination.k8s.io", "leases", &["create"], None),
-            rule("coordination.k8s.io", "leases", &["get", "update"], Some(OPERATOR_LEASE)),
+            rule(
+                "coordination.k8s.io",
+                "leases",
+                &["get", "update"],
+                Some(OPERATOR_LEASE),
+            ),
         ]),
     }))?;
-    push(serde_json::to_value(role_binding(ns, "phylax-operator-leader-election", Role::Operator)))?;
-    push(serde_json::to_value(deployment(ns, &args.image, Role::Operator, 2, &["--leader-elect=true"])))?;
+    push(serde_json::to_value(role_binding(
+        ns,
+        "phylax-operator-leader-election",
+        Role::Operator,
+    )))?;
+    push(serde_json::to_value(deployment(
+        ns,
+        &args.image,
+        Role::Operator,
+        2,
+        &["--leader-elect=true"],
+    )))?;
     push(serde_json::to_value(admin_service(ns, Role::Operator)))?;
 
     // webhook: no API access needed yet.
     push(serde_json::to_value(service_account(ns, Role::Webhook, false)))?;
-    push(serde_json::to_value(deployment(ns, &args.image, Role::Webhook, 2, &[])))?;
+    push(serde_json::to_value(deployment(
+        ns,
+        &args.image,
+        Role::Webhook,
+        2,
+        &[],
+    )))?;
     push(serde_json::to_value(admin_service(ns, Role::Webhook)))?;
 
     // node-agent: one per node, including control-plane nodes.
@@ -85,14 +106,20 @@ pub fn manifests(args: &ManifestArgs) -> anyhow::Result<Vec<Value>> {
 }
 
 pub fn render(args: &ManifestArgs) -> anyhow::Result<String> {
-    super::to_yaml_stream("Phylax: apply with `kubectl apply --server-side -f -`", &manifests(args)?)
+    super::to_yaml_stream(
+        "Phylax: apply with `kubectl apply --server-side -f -`",
+        &manifests(args)?,
+    )
 }
 
 fn labels(role: Option<Role>) -> BTreeMap<String, String> {
     let mut l = BTreeMap::from([
         ("app.kubernetes.io/name".to_owned(), "phylax".to_owned()),
         ("app.kubernetes.io/part-of".to_owned(), "phylax".to_owned()),
-        ("app.kubernetes.io/managed-by".to_owned(), "phylax-manifests".to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "phylax-manifests".to_owned(),
+        ),
     ]);
     if let Some(role) = role {
         l.insert("app.kubernetes.io/component".to_owned(), role.name().to_owned());
@@ -141,7 +168,11 @@ fn rule(group: &str, resource: &str, verbs: &[&str], name: Option<&str>) -> Poli
 fn role_binding(ns: &str, name: &str, role: Role) -> RoleBinding {
     RoleBinding {
         metadata: meta(ns, name, role),
-        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "Role".into(), name: name.into() },
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: name.into(),
+        },
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".into(),
             name: object_name(role),
@@ -155,7 +186,10 @@ fn field_env(name: &str, path: &str) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
         value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector { field_path: path.to_owned(), ..Default::default() }),
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.to_owned(),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -187,7 +221,11 @@ fn container(image: &str, role: Role, extra_args: &[&str]) -> Container {
         env: Some(vec![
             field_env("POD_NAMESPACE", "metadata.namespace"),
             field_env("POD_NAME", "metadata.name"),
-            EnvVar { name: "RUST_LOG".into(), value: Some("info".into()), ..Default::default() },
+            EnvVar {
+                name: "RUST_LOG".into(),
+                value: Some("info".into()),
+                ..Default::default()
+            },
         ]),
         ports: Some(vec![ContainerPort {
             name: Some("admin".into()),
@@ -211,7 +249,10 @@ fn container(image: &str, role: Role, extra_args: &[&str]) -> Container {
             run_as_non_root: Some(true),
             run_as_user: Some(NON_ROOT_UID),
             run_as_group: Some(NON_ROOT_UID),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -222,7 +263,10 @@ fn pod_template(image: &str, role: Role, extra_args: &[&str]) -> PodTemplateSpec
     let mut template_labels = labels(Some(role));
     template_labels.extend(selector_labels(role));
     PodTemplateSpec {
-        metadata: Some(ObjectMeta { labels: Some(template_labels), ..Default::default() }),
+        metadata: Some(ObjectMeta {
+            labels: Some(template_labels),
+            ..Default::default()
+        }),
         spec: Some(PodSpec {
             service_account_name: Some(object_name(role)),
             containers: vec![container(image, role, extra_args)],
@@ -230,7 +274,10 @@ fn pod_template(image: &str, role: Role, extra_args: &[&str]) -> PodTemplateSpec
             enable_service_links: Some(false),
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(true),
-                seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -243,7 +290,10 @@ fn deployment(ns: &str, image: &str, role: Role, replicas: i32, extra_args: &[&s
         metadata: meta(ns, &object_name(role), role),
         spec: Some(DeploymentSpec {
             replicas: Some(replicas),
-            selector: LabelSelector { match_labels: Some(selector_labels(role)), ..Default::default() },
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(role)),
+                ..Default::default()
+            },
             template: pod_template(image, role, extra_args),
             ..Default::default()
         }),
@@ -255,7 +305,10 @@ fn node_agent(ns: &str, image: &str) -> DaemonSet {
     let role = Role::NodeAgent;
     let mut template = pod_template(image, role, &[]);
     if let Some(spec) = template.spec.as_mut() {
-        spec.tolerations = Some(vec![Toleration { operator: Some("Exists".into()), ..Default::default() }]);
+        spec.tolerations = Some(vec![Toleration {
+            operator: Some("Exists".into()),
+            ..Default::default()
+        }]);
         if let Some(env) = spec.containers[0].env.as_mut() {
             env.push(field_env("NODE_NAME", "spec.nodeName"));
         }
@@ -263,7 +316,10 @@ fn node_agent(ns: &str, image: &str) -> DaemonSet {
     DaemonSet {
         metadata: meta(ns, &object_name(role), role),
         spec: Some(DaemonSetSpec {
-            selector: LabelSelector { match_labels: Some(selector_labels(role)), ..Default::default() },
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(role)),
+                ..Default::default()
+            },
             template,
             ..Default::default()
         }),
@@ -295,7 +351,11 @@ mod tests {
     use super::*;
 
     fn render_default() -> Vec<Value> {
-        manifests(&ManifestArgs { namespace: "sec".into(), image: "reg/phylax:t".into() }).unwrap()
+        manifests(&ManifestArgs {
+            namespace: "sec".into(),
+            image: "reg/phylax:t".into(),
+        })
+        .unwrap()
     }
 
     #[test]
@@ -312,7 +372,10 @@ mod tests {
     #[test]
     fn workloads_run_as_non_root_with_read_only_root() {
         let objs = render_default();
-        let workloads: Vec<_> = objs.iter().filter(|o| ["Deployment", "DaemonSet"].contains(&o["kind"].as_str().unwrap())).collect();
+        let workloads: Vec<_> = objs
+            .iter()
+            .filter(|o| ["Deployment", "DaemonSet"].contains(&o["kind"].as_str().unwrap()))
+            .collect();
         assert_eq!(workloads.len(), 3);
         for w in workloads {
             let c = &w["spec"]["template"]["spec"]["containers"][0];
@@ -332,14 +395,20 @@ mod tests {
         let objs = render_default();
         for sa in objs.iter().filter(|o| o["kind"] == "ServiceAccount") {
             let name = sa["metadata"]["name"].as_str().unwrap();
-            assert_eq!(sa["automountServiceAccountToken"], name == "phylax-operator", "{name}");
+            assert_eq!(
+                sa["automountServiceAccountToken"],
+                name == "phylax-operator",
+                "{name}"
+            );
         }
-        let roles: Vec<_> = objs.iter().filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole").collect();
+        let roles: Vec<_> = objs
+            .iter()
+            .filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole")
+            .collect();
         assert_eq!(roles.len(), 1);
         let rules = roles[0]["rules"].as_array().unwrap();
         // get/update are pinned to the one lease; create cannot be pinned by name.
         assert_eq!(rules[1]["resourceNames"][0], OPERATOR_LEASE);
         assert!(rules.iter().all(|r| r["resources"][0] == "leases"));
     }
-
 }

@@ -1,8 +1,6 @@
 //! The `kms-plugin` role. Only the shared runtime exists so far; the role's function is built by
 //! its own issue, and until then the role says so when it starts.
 
-
-
 use crate::cli::Role;
 use crate::runtime::RuntimeArgs;
 
@@ -13,5 +11,10 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    crate::runtime::run_without_function(Role::KmsPlugin, &args.runtime, "the kms-plugin role has no KMS gRPC service yet; it serves only its admin endpoints").await
+    crate::runtime::run_without_function(
+        Role::KmsPlugin,
+        &args.runtime,
+        "the kms-plugin role has no KMS gRPC service yet; it serves only its admin endpoints",
+    )
+    .await
 }

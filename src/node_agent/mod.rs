@@ -1,8 +1,6 @@
 //! The `node-agent` role. Only the shared runtime exists so far; the role's function is built by
 //! its own issue, and until then the role says so when it starts.
 
-
-
 use crate::cli::Role;
 use crate::runtime::RuntimeArgs;
 
@@ -13,5 +11,10 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    crate::runtime::run_without_function(Role::NodeAgent, &args.runtime, "the node-agent role installs no profiles yet; it serves only its admin endpoints").await
+    crate::runtime::run_without_function(
+        Role::NodeAgent,
+        &args.runtime,
+        "the node-agent role installs no profiles yet; it serves only its admin endpoints",
+    )
+    .await
 }

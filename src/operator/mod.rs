@@ -2,7 +2,6 @@
 
 mod controllers;
 
-
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use tokio_util::sync::CancellationToken;
@@ -30,64 +29,91 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let leader_known = rt.readiness.register("leader-known");
     let metrics = rt.metrics.clone();
 
+    // The campaign stops only after the controllers have: releasing the lease earlier would let a
+    // successor start while this replica still acts.
+    let election_stop = CancellationToken::new();
     // Without election the sender is kept here so the channel stays open for the role's life.
-    let (mut leadership, _static_leader) = if args.leader.leader_elect {
+    let mut _static_leader = None;
+    let (mut leadership, election) = if args.leader.leader_elect {
         let elector = LeaderElector::new(
             Api::<Lease>::namespaced(client.clone(), &args.kube.namespace),
             args.leader.clone(),
             &rt.metrics,
         );
         let leadership = elector.subscribe();
-        let shutdown = rt.shutdown.clone();
+        let stop = election_stop.clone();
         // A panic restarts the campaign with the same identity and the same state channel.
-        spawn_supervised("leader-election", rt.metrics.clone(), rt.shutdown.clone(), move || {
-            elector.clone().run(shutdown.clone())
-        });
-        (leadership, None)
+        let task = spawn_supervised(
+            "leader-election",
+            rt.metrics.clone(),
+            election_stop.clone(),
+            move || elector.clone().run(stop.clone()),
+        );
+        (leadership, Some(task))
     } else {
         tracing::warn!("leader election is off: this replica acts as the leader; run exactly one");
         let (tx, rx) = tokio::sync::watch::channel(Leadership::Leading);
-        (rx, Some(tx))
+        _static_leader = Some(tx);
+        (rx, None)
     };
 
     rt.run(|shutdown| async move {
-        loop {
-            // Wait until we lead.
-            loop {
-                let state = leadership.borrow_and_update().clone();
-                leader_known.set(state != Leadership::Unknown);
-                if state == Leadership::Leading {
-                    break;
-                }
-                tokio::select! {
-                    changed = leadership.changed() => if changed.is_err() { return Ok(()) },
-                    _ = shutdown.cancelled() => return Ok(()),
-                }
-            }
-            let term = CancellationToken::new();
-            let mut running = controllers::start(client.clone(), metrics.clone(), term.clone());
-            // Lead until we stop leading or shut down.
-            loop {
-                tokio::select! {
-                    changed = leadership.changed() => {
-                        let state = leadership.borrow_and_update().clone();
-                        leader_known.set(state != Leadership::Unknown);
-                        if changed.is_err() || state != Leadership::Leading { break; }
-                    }
-                    _ = shutdown.cancelled() => break,
-                }
-            }
-            term.cancel();
-            while let Some(done) = running.join_next().await {
-                if let Ok(Err(e)) = done {
-                    tracing::error!(error = format!("{e:#}"), "controller stopped with an error");
-                }
-            }
-            tracing::info!("controllers stopped");
-            if shutdown.is_cancelled() {
-                return Ok(());
-            }
+        lead_while_elected(&mut leadership, &leader_known, &client, &metrics, &shutdown).await;
+        election_stop.cancel();
+        match election {
+            Some(task) => task
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("leader election task failed: {e}"))),
+            None => Ok(()),
         }
     })
     .await
+}
+
+/// Runs the controllers whenever this replica leads, stopping them when it stops leading, until
+/// shutdown.
+async fn lead_while_elected(
+    leadership: &mut tokio::sync::watch::Receiver<Leadership>,
+    leader_known: &crate::runtime::admin::ReadyFlag,
+    client: &kube::Client,
+    metrics: &crate::runtime::metrics::Metrics,
+    shutdown: &CancellationToken,
+) {
+    loop {
+        // Wait until we lead.
+        loop {
+            let state = leadership.borrow_and_update().clone();
+            leader_known.set(state != Leadership::Unknown);
+            if state == Leadership::Leading {
+                break;
+            }
+            tokio::select! {
+                changed = leadership.changed() => if changed.is_err() { return },
+                _ = shutdown.cancelled() => return,
+            }
+        }
+        let term = CancellationToken::new();
+        let mut running = controllers::start(client.clone(), metrics.clone(), term.clone());
+        // Lead until we stop leading or shut down.
+        loop {
+            tokio::select! {
+                changed = leadership.changed() => {
+                    let state = leadership.borrow_and_update().clone();
+                    leader_known.set(state != Leadership::Unknown);
+                    if changed.is_err() || state != Leadership::Leading { break; }
+                }
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        term.cancel();
+        while let Some(done) = running.join_next().await {
+            if let Ok(Err(e)) = done {
+                tracing::error!(error = format!("{e:#}"), "controller stopped with an error");
+            }
+        }
+        tracing::info!("controllers stopped");
+        if shutdown.is_cancelled() {
+            return;
+        }
+    }
 }

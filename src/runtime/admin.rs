@@ -38,7 +38,10 @@ impl Readiness {
     /// Registers a check that starts out not ready.
     pub fn register(&self, name: &'static str) -> ReadyFlag {
         let flag = Arc::new(AtomicBool::new(false));
-        self.checks.lock().unwrap_or_else(|p| p.into_inner()).insert(name, flag.clone());
+        self.checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, flag.clone());
         ReadyFlag(flag)
     }
 
@@ -49,7 +52,11 @@ impl Readiness {
         if checks.is_empty() {
             return vec!["startup"];
         }
-        checks.iter().filter(|(_, f)| !f.load(Ordering::Acquire)).map(|(n, _)| *n).collect()
+        checks
+            .iter()
+            .filter(|(_, f)| !f.load(Ordering::Acquire))
+            .map(|(n, _)| *n)
+            .collect()
     }
 }
 
@@ -73,13 +80,19 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     if pending.is_empty() {
         (StatusCode::OK, "ok\n".to_owned())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", pending.join(", ")))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", pending.join(", ")),
+        )
     }
 }
 
 async fn metrics_handler(State(state): State<AdminState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
 }
@@ -98,8 +111,14 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// Serves until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
 }
 
 #[cfg(test)]
@@ -111,7 +130,11 @@ mod tests {
     use tower::ServiceExt;
 
     async fn get(router: &Router, path: &str) -> (StatusCode, String) {
-        let resp = router.clone().oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
+        let resp = router
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         let status = resp.status();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8(body.to_vec()).unwrap())
@@ -121,7 +144,11 @@ mod tests {
     async fn readyz_follows_every_registered_check() {
         let readiness = Readiness::default();
         let router = router(readiness.clone(), Metrics::new("test"));
-        assert_eq!(get(&router, "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE, "no checks yet");
+        assert_eq!(
+            get(&router, "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no checks yet"
+        );
 
         let cache = readiness.register("caches-synced");
         let leader = readiness.register("leader-known");
@@ -131,13 +158,20 @@ mod tests {
 
         cache.set(true);
         let (status, body) = get(&router, "/readyz").await;
-        assert_eq!((status, body.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "not ready: leader-known\n"));
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready: leader-known\n")
+        );
 
         leader.set(true);
         assert_eq!(get(&router, "/readyz").await, (StatusCode::OK, "ok\n".into()));
 
         cache.set(false);
-        assert_eq!(get(&router, "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE, "readiness can be lost");
+        assert_eq!(
+            get(&router, "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "readiness can be lost"
+        );
     }
 
     #[tokio::test]

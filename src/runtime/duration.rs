@@ -9,8 +9,9 @@ pub fn parse(s: &str) -> Result<Duration, String> {
     if s.is_empty() {
         return Err("empty duration; use a number with a unit, e.g. 30s, 5m, 1h30m".into());
     }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("invalid duration {s:?} ({e}); use a number with a unit, e.g. 500ms, 30s, 5m, 1h30m"))
+    humantime::parse_duration(s).map_err(|e| {
+        format!("invalid duration {s:?} ({e}); use a number with a unit, e.g. 500ms, 30s, 5m, 1h30m")
+    })
 }
 
 #[cfg(test)]

@@ -38,7 +38,10 @@ pub async fn connect(args: &KubeArgs) -> anyhow::Result<Client> {
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
     loop {
         let remaining = args.api_timeout.saturating_sub(started.elapsed());
-        let attempt = tokio::time::timeout(remaining.max(Duration::from_millis(100)), client.apiserver_version());
+        let attempt = tokio::time::timeout(
+            remaining.max(Duration::from_millis(100)),
+            client.apiserver_version(),
+        );
         match attempt.await {
             Ok(Ok(version)) => {
                 tracing::info!(server = %server, version = %version.git_version, "connected to the API server");
@@ -105,7 +108,10 @@ mod tests {
             api_timeout: Duration::from_secs(1),
         };
         let err = connect(&args).await.unwrap_err().to_string();
-        assert!(err.contains("cannot read kubeconfig /nonexistent/kubeconfig"), "{err}");
+        assert!(
+            err.contains("cannot read kubeconfig /nonexistent/kubeconfig"),
+            "{err}"
+        );
         assert!(err.contains("--kubeconfig"), "{err}");
     }
 }

@@ -77,7 +77,11 @@ impl LeaderArgs {
     }
 
     pub fn identity(&self) -> String {
-        let base = self.identity.clone().filter(|s| !s.trim().is_empty()).unwrap_or_else(hostname);
+        let base = self
+            .identity
+            .clone()
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or_else(hostname);
         format!("{base}_{:08x}", rand::random::<u32>())
     }
 }
@@ -97,7 +101,9 @@ pub enum Leadership {
     Unknown,
     Leading,
     /// Another replica holds the lease.
-    Following { holder: String },
+    Following {
+        holder: String,
+    },
 }
 
 /// The next step, decided from the Lease as read.
@@ -146,8 +152,16 @@ impl LeaderElector {
     pub fn new(api: Api<Lease>, args: LeaderArgs, metrics: &Metrics) -> Self {
         let is_leader = Gauge::default();
         let became_leader = Counter::default();
-        metrics.register("leader_is_leader", "1 while this replica holds the leader lease", is_leader.clone());
-        metrics.register("leader_acquired", "Times this replica became the leader", became_leader.clone());
+        metrics.register(
+            "leader_is_leader",
+            "1 while this replica holds the leader lease",
+            is_leader.clone(),
+        );
+        metrics.register(
+            "leader_acquired",
+            "Times this replica became the leader",
+            became_leader.clone(),
+        );
         let (state, _) = watch::channel(Leadership::Unknown);
         LeaderElector {
             api,
@@ -170,7 +184,10 @@ impl LeaderElector {
         let mut last_renewal: Option<Instant> = None;
         let mut observed: Option<Observed> = None;
         loop {
-            let attempt = tokio::time::timeout(self.args.retry_period.max(Duration::from_secs(1)), self.try_acquire_or_renew(&mut observed));
+            let attempt = tokio::time::timeout(
+                self.args.retry_period.max(Duration::from_secs(1)),
+                self.try_acquire_or_renew(&mut observed),
+            );
             let outcome = tokio::select! {
                 outcome = attempt => outcome.unwrap_or_else(|_| Err(kube::Error::Service("lease request timed out".into()))),
                 _ = shutdown.cancelled() => break,
@@ -183,7 +200,10 @@ impl LeaderElector {
                 }
                 Ok(false) => {
                     last_renewal = None;
-                    let holder = observed.as_ref().and_then(|o| o.holder.clone()).unwrap_or_default();
+                    let holder = observed
+                        .as_ref()
+                        .and_then(|o| o.holder.clone())
+                        .unwrap_or_default();
                     self.set(Leadership::Following { holder });
                 }
                 Err(e) => {
@@ -213,7 +233,9 @@ impl LeaderElector {
             self.set(Leadership::Unknown);
             match self.release().await {
                 Ok(()) => tracing::info!(lease = %self.name, "released the leader lease"),
-                Err(e) => tracing::warn!(lease = %self.name, error = %e, "could not release the leader lease; it expires by itself"),
+                Err(e) => {
+                    tracing::warn!(lease = %self.name, error = %e, "could not release the leader lease; it expires by itself")
+                }
             }
         }
         Ok(())
@@ -230,7 +252,9 @@ impl LeaderElector {
                 tracing::info!(lease = %self.name, identity = %self.identity, "became the leader");
             }
             (Leadership::Leading, _) => tracing::warn!(lease = %self.name, "lost leadership"),
-            (_, Leadership::Following { holder }) => tracing::info!(lease = %self.name, leader = %holder, "following"),
+            (_, Leadership::Following { holder }) => {
+                tracing::info!(lease = %self.name, leader = %holder, "following")
+            }
             _ => {}
         }
         self.is_leader.set(i64::from(new == Leadership::Leading));
@@ -243,7 +267,10 @@ impl LeaderElector {
         let current = self.api.get_opt(&self.name).await?;
         let Some(mut lease) = current else {
             let lease = Lease {
-                metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() },
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    ..Default::default()
+                },
                 spec: Some(self.spec(None, true)),
             };
             return match self.api.create(&PostParams::default(), &lease).await {
@@ -259,14 +286,20 @@ impl LeaderElector {
             .as_ref()
             .is_none_or(|o| o.holder != holder || o.renew_time != spec.renew_time);
         if changed {
-            *observed = Some(Observed { holder: holder.clone(), renew_time: spec.renew_time.clone(), at: now });
+            *observed = Some(Observed {
+                holder: holder.clone(),
+                renew_time: spec.renew_time.clone(),
+                at: now,
+            });
         }
         let duration = spec
             .lease_duration_seconds
             .and_then(|s| u64::try_from(s).ok())
             .map(Duration::from_secs)
             .unwrap_or(self.args.lease_duration);
-        let expired = observed.as_ref().is_some_and(|o| now.duration_since(o.at) >= duration);
+        let expired = observed
+            .as_ref()
+            .is_some_and(|o| now.duration_since(o.at) >= duration);
         let acquiring = match decide(&self.identity, holder.as_deref(), expired) {
             Decision::Follow { .. } => return Ok(false),
             Decision::Acquire => true,
@@ -277,7 +310,11 @@ impl LeaderElector {
         match self.api.replace(&self.name, &PostParams::default(), &lease).await {
             Ok(written) => {
                 let spec = written.spec.unwrap_or_default();
-                *observed = Some(Observed { holder: spec.holder_identity, renew_time: spec.renew_time, at: now });
+                *observed = Some(Observed {
+                    holder: spec.holder_identity,
+                    renew_time: spec.renew_time,
+                    at: now,
+                });
                 Ok(true)
             }
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
@@ -292,25 +329,42 @@ impl LeaderElector {
         let was_held = previous.holder_identity.as_deref().is_some_and(|h| !h.is_empty());
         LeaseSpec {
             holder_identity: Some(self.identity.clone()),
-            lease_duration_seconds: Some(i32::try_from(self.args.lease_duration.as_secs()).unwrap_or(i32::MAX)),
-            acquire_time: if acquiring { Some(now.clone()) } else { previous.acquire_time },
+            lease_duration_seconds: Some(
+                i32::try_from(self.args.lease_duration.as_secs()).unwrap_or(i32::MAX),
+            ),
+            acquire_time: if acquiring {
+                Some(now.clone())
+            } else {
+                previous.acquire_time
+            },
             renew_time: Some(now),
-            lease_transitions: Some(if acquiring && was_held { transitions.saturating_add(1) } else { transitions }),
+            lease_transitions: Some(if acquiring && was_held {
+                transitions.saturating_add(1)
+            } else {
+                transitions
+            }),
             ..previous
         }
     }
 
     /// Gives the lease up: empty holder and a 1 s duration, as client-go does on release.
     async fn release(&self) -> Result<(), kube::Error> {
-        let Some(mut lease) = self.api.get_opt(&self.name).await? else { return Ok(()) };
-        let Some(spec) = lease.spec.as_mut() else { return Ok(()) };
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            return Ok(());
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return Ok(());
+        };
         if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
             return Ok(());
         }
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(MicroTime(Timestamp::now()));
-        self.api.replace(&self.name, &PostParams::default(), &lease).await.map(|_| ())
+        self.api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+            .map(|_| ())
     }
 }
 
@@ -323,8 +377,17 @@ mod tests {
         assert_eq!(decide("me", None, false), Decision::Acquire);
         assert_eq!(decide("me", Some(""), false), Decision::Acquire, "released lease");
         assert_eq!(decide("me", Some("me"), false), Decision::Renew);
-        assert_eq!(decide("me", Some("me"), true), Decision::Renew, "our own lease, even if late");
-        assert_eq!(decide("me", Some("other"), false), Decision::Follow { holder: "other".into() });
+        assert_eq!(
+            decide("me", Some("me"), true),
+            Decision::Renew,
+            "our own lease, even if late"
+        );
+        assert_eq!(
+            decide("me", Some("other"), false),
+            Decision::Follow {
+                holder: "other".into()
+            }
+        );
         assert_eq!(decide("me", Some("other"), true), Decision::Acquire);
     }
 

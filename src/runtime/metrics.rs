@@ -42,7 +42,11 @@ impl Metrics {
                 role: role.into(),
             })
             .set(1);
-        registry.register("build_info", "Version and role of this process (always 1)", build_info);
+        registry.register(
+            "build_info",
+            "Version and role of this process (always 1)",
+            build_info,
+        );
         let task_panics = Family::<TaskLabels, Counter>::default();
         registry.register(
             "task_panics",
@@ -50,7 +54,10 @@ impl Metrics {
             task_panics.clone(),
         );
         registry.register_collector(Box::new(ProcessCollector));
-        Metrics { registry: Arc::new(RwLock::new(registry)), task_panics }
+        Metrics {
+            registry: Arc::new(RwLock::new(registry)),
+            task_panics,
+        }
     }
 
     /// Registers a metric under `phylax_<name>`.
@@ -78,7 +85,9 @@ struct ProcessCollector;
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(stat) = ProcStat::read_self() else { return Ok(()) };
+        let Some(stat) = ProcStat::read_self() else {
+            return Ok(());
+        };
         let cpu = ConstCounter::new(stat.cpu_seconds);
         cpu.encode(encoder.encode_descriptor(
             "process_cpu_seconds",
@@ -127,7 +136,10 @@ impl ProcStat {
     fn read_self() -> Option<ProcStat> {
         let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
         let boot_time = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<u64>().ok()))
+            s.lines().find_map(|l| {
+                l.strip_prefix("btime ")
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
         });
         // USER_HZ is 100 on every Linux architecture Phylax targets; pages are 4 KiB on x86_64 and
         // on the arm64 kernels distributions ship.
@@ -143,8 +155,14 @@ impl ProcStat {
         let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
         let cpu_seconds = (field(14)? + field(15)?) as f64 / ticks_per_sec;
         let rss_bytes = field(24)? * page_size;
-        let start_time_seconds = boot_time.zip(field(22)).map(|(b, s)| b as f64 + s as f64 / ticks_per_sec);
-        Some(ProcStat { cpu_seconds, rss_bytes, start_time_seconds })
+        let start_time_seconds = boot_time
+            .zip(field(22))
+            .map(|(b, s)| b as f64 + s as f64 / ticks_per_sec);
+        Some(ProcStat {
+            cpu_seconds,
+            rss_bytes,
+            start_time_seconds,
+        })
     }
 }
 
@@ -171,11 +189,18 @@ mod tests {
     #[test]
     fn encodes_build_info_panics_and_process_metrics() {
         let m = Metrics::new("operator");
-        m.task_panics.get_or_create(&TaskLabels { task: "leader-election".into() }).inc();
+        m.task_panics
+            .get_or_create(&TaskLabels {
+                task: "leader-election".into(),
+            })
+            .inc();
         let text = m.encode();
         assert!(text.contains("phylax_build_info{"), "{text}");
         assert!(text.contains("role=\"operator\""), "{text}");
-        assert!(text.contains("phylax_task_panics_total{task=\"leader-election\"} 1"), "{text}");
+        assert!(
+            text.contains("phylax_task_panics_total{task=\"leader-election\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("phylax_process_resident_memory_bytes "), "{text}");
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
     }

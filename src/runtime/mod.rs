@@ -82,7 +82,15 @@ impl Runtime {
             admin_addr = %addr,
             "starting"
         );
-        Ok(Runtime { role, metrics, readiness, shutdown, admin_stop, admin, grace: args.shutdown_grace })
+        Ok(Runtime {
+            role,
+            metrics,
+            readiness,
+            shutdown,
+            admin_stop,
+            admin,
+            grace: args.shutdown_grace,
+        })
     }
 
     /// Runs the role's work until it ends or shutdown is requested, then gives it the grace
@@ -119,7 +127,11 @@ impl Runtime {
         }
         match &result {
             Ok(()) => tracing::info!(role = self.role.name(), "stopped"),
-            Err(e) => tracing::error!(role = self.role.name(), error = format!("{e:#}"), "stopped with an error"),
+            Err(e) => tracing::error!(
+                role = self.role.name(),
+                error = format!("{e:#}"),
+                "stopped with an error"
+            ),
         }
         result
     }

@@ -25,7 +25,8 @@ pub fn parse_object_name(s: &str) -> Result<String, String> {
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -51,7 +52,12 @@ mod tests {
             assert_eq!(parse_object_name(ok).as_deref(), Ok(ok));
         }
         for bad in ["", "a..b", ".a", "A", "a_b", &"a".repeat(254)] {
-            assert!(parse_object_name(bad).unwrap_err().contains("not a valid object name"), "{bad}");
+            assert!(
+                parse_object_name(bad)
+                    .unwrap_err()
+                    .contains("not a valid object name"),
+                "{bad}"
+            );
         }
     }
 }

@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 pub fn watch_signals(token: CancellationToken) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())
         .map_err(|e| anyhow::anyhow!("cannot install the SIGTERM handler: {e}"))?;
-    let mut int =
-        signal(SignalKind::interrupt()).map_err(|e| anyhow::anyhow!("cannot install the SIGINT handler: {e}"))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| anyhow::anyhow!("cannot install the SIGINT handler: {e}"))?;
     tokio::spawn(async move {
         let name = tokio::select! {
             _ = term.recv() => "SIGTERM",
@@ -27,7 +27,11 @@ pub fn watch_signals(token: CancellationToken) -> anyhow::Result<()> {
 
 /// Waits for `work` to finish after shutdown began, but no longer than `grace`, or until a second
 /// signal arrives.
-pub async fn drain<T>(work: impl Future<Output = T>, shutdown: &CancellationToken, grace: Duration) -> Option<T> {
+pub async fn drain<T>(
+    work: impl Future<Output = T>,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> Option<T> {
     tokio::pin!(work);
     tokio::select! {
         out = &mut work => return Some(out),

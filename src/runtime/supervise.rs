@@ -18,7 +18,10 @@ use super::metrics::{Metrics, TaskLabels};
 /// location and thread only.
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
-        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
         let thread = std::thread::current().name().unwrap_or("unnamed").to_owned();
         tracing::error!(%location, %thread, "panic (message withheld: it may contain data)");
     }));
@@ -54,9 +57,18 @@ where
             match joined {
                 Ok(result) => return result,
                 Err(e) if e.is_panic() => {
-                    metrics.task_panics.get_or_create(&TaskLabels { task: name.to_owned() }).inc();
+                    metrics
+                        .task_panics
+                        .get_or_create(&TaskLabels {
+                            task: name.to_owned(),
+                        })
+                        .inc();
                     let delay = backoff.next_delay();
-                    tracing::error!(task = name, restart_in_ms = delay.as_millis() as u64, "task panicked; restarting it");
+                    tracing::error!(
+                        task = name,
+                        restart_in_ms = delay.as_millis() as u64,
+                        "task panicked; restarting it"
+                    );
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.cancelled() => return Ok(()),
@@ -91,17 +103,25 @@ mod tests {
         handle.await.unwrap().unwrap();
         assert_eq!(runs.load(Ordering::SeqCst), 3);
         let text = metrics.encode();
-        assert!(text.contains("phylax_task_panics_total{task=\"flaky\"} 2"), "{text}");
+        assert!(
+            text.contains("phylax_task_panics_total{task=\"flaky\"} 2"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
     async fn errors_are_returned_not_retried() {
         let runs = Arc::new(AtomicU32::new(0));
         let r = runs.clone();
-        let handle = spawn_supervised("failing", Metrics::new("test"), CancellationToken::new(), move || {
-            r.fetch_add(1, Ordering::SeqCst);
-            async { Err(anyhow::anyhow!("permanent")) }
-        });
+        let handle = spawn_supervised(
+            "failing",
+            Metrics::new("test"),
+            CancellationToken::new(),
+            move || {
+                r.fetch_add(1, Ordering::SeqCst);
+                async { Err(anyhow::anyhow!("permanent")) }
+            },
+        );
         let err = handle.await.unwrap().unwrap_err();
         assert_eq!(err.to_string(), "permanent");
         assert_eq!(runs.load(Ordering::SeqCst), 1);
@@ -111,10 +131,15 @@ mod tests {
     async fn shutdown_stops_restarts() {
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
-        let handle = spawn_supervised("always-panics", Metrics::new("test"), shutdown.clone(), move || {
-            s.cancel();
-            async { panic!("boom") }
-        });
+        let handle = spawn_supervised(
+            "always-panics",
+            Metrics::new("test"),
+            shutdown.clone(),
+            move || {
+                s.cancel();
+                async { panic!("boom") }
+            },
+        );
         assert!(handle.await.unwrap().is_ok());
         assert!(shutdown.is_cancelled());
     }

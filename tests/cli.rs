@@ -1,0 +1,294 @@
+//! The binary as a user meets it: dispatch, help, bad input, and the rendered manifests kept in
+//! `deploy/`. None of these need a cluster.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::process::{Phylax, binary, run};
+
+fn one_line_error(stderr: &str) -> &str {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let last = *lines.last().unwrap_or_else(|| panic!("no error printed"));
+    assert!(last.starts_with("error: "), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "{stderr}"
+    );
+    last
+}
+
+#[test]
+fn version_names_commit_and_roles() {
+    let (code, out, _) = run(&binary(), &["version", "--output", "json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("version JSON");
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert!(v["gitCommit"].as_str().is_some_and(|c| !c.is_empty()));
+    let roles: Vec<&str> = v["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        roles,
+        ["operator", "webhook", "kms-plugin", "node-agent", "tokenizer"]
+    );
+}
+
+#[test]
+fn help_lists_the_roles_of_this_build() {
+    let (code, out, _) = run(&binary(), &["--help"]);
+    assert_eq!(code, 0);
+    for role in [
+        "operator",
+        "webhook",
+        "kms-plugin",
+        "node-agent",
+        "tokenizer",
+        "manifests",
+        "crd",
+    ] {
+        assert!(out.contains(role), "{role} missing from:\n{out}");
+    }
+    let (code, _, err) = run(&binary(), &[]);
+    assert_eq!(code, 2, "no command is a usage error");
+    assert!(err.contains("Usage:"), "{err}");
+}
+
+#[test]
+fn unknown_role_and_flag_are_one_line_errors() {
+    let (code, _, err) = run(&binary(), &["kms"]);
+    assert_eq!(code, 2);
+    let line = one_line_error(&err);
+    assert!(
+        line.contains("unknown command 'kms'") && line.contains("kms-plugin"),
+        "{line}"
+    );
+
+    let (code, _, err) = run(&binary(), &["operator", "--no-such-flag"]);
+    assert_eq!(code, 2);
+    let line = one_line_error(&err);
+    assert!(
+        line.contains("--no-such-flag") && line.contains("phylax operator --help"),
+        "{line}"
+    );
+
+    let (code, _, err) = run(&binary(), &["operator", "--lease-duration", "soon"]);
+    assert_eq!(code, 2);
+    assert!(one_line_error(&err).contains("invalid duration"), "{err}");
+}
+
+/// `phylax-<role>` behaves as `phylax <role>`; any other name is plain `phylax`.
+#[test]
+fn dispatch_by_executable_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = |name: &str| -> PathBuf {
+        let p = dir.path().join(name);
+        std::os::unix::fs::symlink(binary(), &p).unwrap();
+        p
+    };
+    let (code, out, _) = run(&link("phylax-operator"), &["--help"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("--leader-elect") && out.contains("Usage: phylax operator"),
+        "{out}"
+    );
+
+    let (code, out, _) = run(&link("phylax-kms-plugin"), &["--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("Usage: phylax kms-plugin"), "{out}");
+
+    let (code, out, _) = run(&link("phylax-something"), &["version"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("phylax "), "{out}");
+}
+
+fn repo_file(rel: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `deploy/` holds the rendered output so users can apply it without the binary; it must match.
+#[test]
+fn deploy_folder_matches_what_the_binary_prints() {
+    for (args, file) in [
+        (&["manifests"][..], "deploy/phylax.yaml"),
+        (&["crd"][..], "deploy/crds.yaml"),
+    ] {
+        let (code, out, err) = run(&binary(), args);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out == repo_file(file),
+            "{file} is out of date: regenerate it with `cargo run -q -- {} > {file}`",
+            args.join(" ")
+        );
+    }
+}
+
+#[test]
+fn manifests_take_namespace_and_image() {
+    let (code, out, _) = run(
+        &binary(),
+        &[
+            "manifests",
+            "--namespace",
+            "sec-ops",
+            "--image",
+            "registry.local/phylax:dev",
+        ],
+    );
+    assert_eq!(code, 0);
+    let docs: Vec<serde_json::Value> = out
+        .split("\n---\n")
+        .skip(1)
+        .map(|d| serde_yaml::from_str(d).expect("YAML document"))
+        .collect();
+    assert!(
+        docs.iter()
+            .any(|d| d["kind"] == "Namespace" && d["metadata"]["name"] == "sec-ops")
+    );
+    let images: Vec<&str> = docs
+        .iter()
+        .filter_map(|d| d["spec"]["template"]["spec"]["containers"][0]["image"].as_str())
+        .collect();
+    assert_eq!(images, ["registry.local/phylax:dev"; 3]);
+
+    let (code, _, err) = run(&binary(), &["manifests", "--namespace", "Not_Valid"]);
+    assert_eq!(code, 2);
+    assert!(
+        one_line_error(&err).contains("not a valid namespace name"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unreadable_kubeconfig_is_a_clear_error() {
+    let (code, _, err) = run(
+        &binary(),
+        &[
+            "operator",
+            "--admin-addr=127.0.0.1:0",
+            "--kubeconfig=/nonexistent/kc",
+        ],
+    );
+    assert_eq!(code, 1);
+    let line = one_line_error(&err);
+    assert!(
+        line.contains("cannot read kubeconfig /nonexistent/kc") && line.contains("--kubeconfig"),
+        "{line}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("kc");
+    std::fs::write(&bad, "clusters: [unclosed\n").unwrap();
+    let (code, _, err) = run(
+        &binary(),
+        &[
+            "operator",
+            "--admin-addr=127.0.0.1:0",
+            &format!("--kubeconfig={}", bad.display()),
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(one_line_error(&err).contains("cannot read kubeconfig"), "{err}");
+}
+
+#[test]
+fn unreachable_api_server_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kc");
+    let closed = support::free_port();
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: 'https://127.0.0.1:{closed}', insecure-skip-tls-verify: true}}\n\
+             contexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\nusers:\n- name: u\n  user: {{token: abc}}\n"
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run(
+        &binary(),
+        &[
+            "operator",
+            "--admin-addr=127.0.0.1:0",
+            &format!("--kubeconfig={}", kc.display()),
+            "--api-timeout=1s",
+        ],
+    );
+    assert_eq!(code, 1);
+    let line = one_line_error(&err);
+    assert!(
+        line.contains(&format!("127.0.0.1:{closed}")) && line.contains("API server"),
+        "{line}"
+    );
+}
+
+#[test]
+fn admin_port_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let (code, _, err) = run(&binary(), &["webhook", &format!("--admin-addr={addr}")]);
+    assert_eq!(code, 1);
+    let line = one_line_error(&err);
+    assert!(
+        line.contains(&addr.to_string()) && line.contains("--admin-addr"),
+        "{line}"
+    );
+}
+
+#[test]
+fn invalid_log_filter_is_a_clear_error() {
+    let out = std::process::Command::new(binary())
+        .args(["tokenizer", "--admin-addr=127.0.0.1:0"])
+        .env("RUST_LOG", "phylax=loud")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(one_line_error(&err).contains("RUST_LOG"), "{err}");
+}
+
+/// A role without its function yet still runs the shared runtime honestly: JSON logs that say so,
+/// ready, metrics, and a clean exit on SIGTERM.
+#[tokio::test]
+async fn runtime_serves_admin_endpoints_and_stops_on_sigterm() {
+    for role in ["webhook", "kms-plugin", "node-agent", "tokenizer"] {
+        let mut p = Phylax::start(role, &[], None);
+        p.wait_ready(Duration::from_secs(20)).await;
+        assert_eq!(p.admin_get("/livez").await, Some((200, "ok\n".into())));
+        let (status, metrics) = p.admin_get("/metrics").await.unwrap();
+        assert_eq!(status, 200);
+        assert!(metrics.contains(&format!("role=\"{role}\"")), "{metrics}");
+        assert!(
+            metrics.contains("phylax_process_resident_memory_bytes"),
+            "{metrics}"
+        );
+        assert!(p.has_log("serves only its admin endpoints"), "{:?}", p.logs());
+        assert!(
+            p.json_logs().iter().all(|l| l["level"].is_string()),
+            "every line is a JSON log record"
+        );
+
+        p.signal(libc::SIGTERM);
+        let status = p.wait_exit(Duration::from_secs(10)).await;
+        assert!(status.success(), "{role}: {status}");
+        assert!(p.has_log("stopped"), "{:?}", p.logs());
+    }
+}
+
+#[tokio::test]
+async fn text_logs_for_people() {
+    let mut p = Phylax::start("tokenizer", &["--log-format=text"], None);
+    p.wait_ready(Duration::from_secs(20)).await;
+    p.signal(libc::SIGINT);
+    assert!(p.wait_exit(Duration::from_secs(10)).await.success());
+    let logs = p.logs();
+    assert!(
+        logs.iter().any(|l| l.contains("INFO") && l.contains("starting")),
+        "{logs:?}"
+    );
+    assert!(p.json_logs().is_empty(), "{logs:?}");
+}
