@@ -1,24 +1,10 @@
 //! phylax: one static binary, several roles (`phylax <role>` or `phylax-<role>`).
 
-mod api;
-mod cli;
-#[cfg(feature = "kms-plugin")]
-mod kms;
-#[cfg(feature = "node-agent")]
-mod node_agent;
-#[cfg(feature = "operator")]
-mod operator;
-mod runtime;
-#[cfg(feature = "tokenizer")]
-mod tokenizer;
-mod version;
-#[cfg(feature = "webhook")]
-mod webhook;
-
 use std::io::Write;
 use std::process::ExitCode;
 
-use cli::{Command, Parsed};
+use phylax::cli::{self, Command, Parsed};
+use phylax::{api, version};
 
 fn main() -> ExitCode {
     // One TLS provider for every rustls user in the process (kube client, webhook server, gRPC).
@@ -85,15 +71,15 @@ fn run_role(command: Command) -> anyhow::Result<()> {
     runtime.block_on(async move {
         match command {
             #[cfg(feature = "operator")]
-            Command::Operator(args) => operator::run(args).await,
+            Command::Operator(args) => phylax::operator::run(args).await,
             #[cfg(feature = "webhook")]
-            Command::Webhook(args) => webhook::run(args).await,
+            Command::Webhook(args) => phylax::webhook::run(args).await,
             #[cfg(feature = "kms-plugin")]
-            Command::KmsPlugin(args) => kms::run(args).await,
+            Command::KmsPlugin(args) => phylax::kms::run(args).await,
             #[cfg(feature = "node-agent")]
-            Command::NodeAgent(args) => node_agent::run(args).await,
+            Command::NodeAgent(args) => phylax::node_agent::run(args).await,
             #[cfg(feature = "tokenizer")]
-            Command::Tokenizer(args) => tokenizer::run(args).await,
+            Command::Tokenizer(args) => phylax::tokenizer::run(args).await,
             Command::Version(_) | Command::Crd | Command::Manifests(_) => Ok(()),
         }
     })

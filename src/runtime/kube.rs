@@ -107,7 +107,10 @@ mod tests {
             namespace: "phylax-system".into(),
             api_timeout: Duration::from_secs(1),
         };
-        let err = connect(&args).await.unwrap_err().to_string();
+        let Err(err) = connect(&args).await else {
+            panic!("connected without a kubeconfig")
+        };
+        let err = err.to_string();
         assert!(
             err.contains("cannot read kubeconfig /nonexistent/kubeconfig"),
             "{err}"

@@ -6,3 +6,4 @@ mod support;
 
 mod leader_election;
 mod manifests;
+mod rbac;

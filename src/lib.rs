@@ -1,0 +1,17 @@
+//! Phylax: Kubernetes data protection in one binary. The library holds every role so that tests,
+//! benchmarks and fuzz targets reach the same code the binary runs.
+
+pub mod api;
+pub mod cli;
+#[cfg(feature = "kms-plugin")]
+pub mod kms;
+#[cfg(feature = "node-agent")]
+pub mod node_agent;
+#[cfg(feature = "operator")]
+pub mod operator;
+pub mod runtime;
+#[cfg(feature = "tokenizer")]
+pub mod tokenizer;
+pub mod version;
+#[cfg(feature = "webhook")]
+pub mod webhook;

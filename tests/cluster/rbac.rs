@@ -1,0 +1,136 @@
+//! The RBAC in `phylax manifests` is enough for the operator to work and no more: the operator,
+//! running with its ServiceAccount's token, elects itself, and cannot read Secrets.
+
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
+use kube::config::Kubeconfig;
+use kube::core::GroupVersionKind;
+use kube::discovery::{Scope, pinned_kind};
+use kube::{Api, ResourceExt};
+
+use crate::support::cluster::{TestNamespace, client_for, cluster};
+use crate::support::process::{Phylax, binary, run};
+use crate::support::wait::wait_for;
+
+/// Installs the rendered manifests (less the Namespace, which the test owns) for real.
+async fn install(client: &kube::Client, ns: &str) {
+    let (code, out, err) = run(&binary(), &["manifests", "--namespace", ns]);
+    assert_eq!(code, 0, "{err}");
+    let ssa = PatchParams::apply("phylax-test").force();
+    for doc in out.split("\n---\n").skip(1) {
+        let obj: DynamicObject = serde_yaml::from_str(doc).expect("object");
+        let gvk = GroupVersionKind::try_from(obj.types.as_ref().expect("types")).expect("gvk");
+        if gvk.kind == "Namespace" {
+            continue;
+        }
+        let (resource, caps) = pinned_kind(client, &gvk).await.expect("served kind");
+        let api: Api<DynamicObject> = match caps.scope {
+            Scope::Cluster => Api::all_with(client.clone(), &resource),
+            Scope::Namespaced => Api::namespaced_with(client.clone(), ns, &resource),
+        };
+        api.patch(&obj.name_any(), &ssa, &Patch::Apply(&obj))
+            .await
+            .expect("apply");
+    }
+}
+
+/// A kubeconfig for the same cluster that authenticates as a ServiceAccount (TokenRequest API).
+async fn service_account_kubeconfig(
+    client: &kube::Client,
+    ns: &str,
+    sa: &str,
+    dir: &std::path::Path,
+) -> std::path::PathBuf {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let token: TokenRequest = sas
+        .create_subresource("token", sa, &PostParams::default(), &request)
+        .await
+        .expect("token request");
+    let token = token.status.expect("token status").token;
+
+    let admin = Kubeconfig::read_from(&cluster().kubeconfig).expect("kubeconfig");
+    let context = admin.current_context.clone().expect("current context");
+    let cluster_name = admin
+        .contexts
+        .iter()
+        .find(|c| c.name == context)
+        .and_then(|c| c.context.as_ref())
+        .map(|c| c.cluster.clone())
+        .expect("context cluster");
+    let named = admin
+        .clusters
+        .iter()
+        .find(|c| c.name == cluster_name)
+        .expect("cluster");
+    let kc = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [named],
+        "users": [{"name": sa, "user": {"token": token}}],
+        "contexts": [{"name": sa, "context": {"cluster": cluster_name, "user": sa}}],
+        "current-context": sa,
+    });
+    let path = dir.join(format!("{sa}.kubeconfig"));
+    std::fs::write(&path, serde_yaml::to_string(&kc).expect("yaml")).expect("write kubeconfig");
+    path
+}
+
+#[tokio::test]
+async fn operator_works_with_exactly_its_manifest_rbac() {
+    let cluster = cluster();
+    let client = cluster.client().await;
+    let ns = TestNamespace::create(cluster, "rbac").await;
+    install(&client, &ns.name).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let kc = service_account_kubeconfig(&client, &ns.name, "phylax-operator", dir.path()).await;
+    let mut op = Phylax::start(
+        "operator",
+        &[
+            &format!("--namespace={}", ns.name),
+            "--lease-duration=4s",
+            "--renew-deadline=3s",
+            "--retry-period=500ms",
+        ],
+        Some(&kc),
+    );
+    op.wait_ready(Duration::from_secs(30)).await;
+    wait_for(
+        "the operator to lead with its own ServiceAccount",
+        Duration::from_secs(20),
+        || async { op.metric("phylax_leader_is_leader").await.filter(|v| *v == 1.0) },
+    )
+    .await;
+    assert!(
+        !op.has_log("cannot read or write the leader lease"),
+        "{:?}",
+        op.logs()
+    );
+
+    // Least privilege: nothing beyond the lease.
+    let as_operator = client_for(&kc).await;
+    let secrets: Api<Secret> = Api::namespaced(as_operator.clone(), &ns.name);
+    match secrets.list(&Default::default()).await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{s:?}"),
+        other => panic!("the operator's ServiceAccount may list Secrets: {other:?}"),
+    }
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(as_operator, &ns.name);
+    match leases.get("someone-elses-lease").await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "get is pinned to the operator's lease: {s:?}"),
+        other => panic!("the operator's ServiceAccount may read other leases: {other:?}"),
+    }
+
+    op.signal(libc::SIGTERM);
+    assert!(op.wait_exit(Duration::from_secs(15)).await.success());
+    assert!(op.has_log("released the leader lease"), "{:?}", op.logs());
+}
