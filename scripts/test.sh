@@ -35,6 +35,16 @@ for role in operator webhook kms-plugin node-agent tokenizer; do
 done
 
 step "cargo test (unit, CLI, real control plane)"
-cargo test --all-features --no-fail-fast
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --all-features --no-fail-fast 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+count() { grep -E '^test result:' "$log" | grep -oE "[0-9]+ $1" | awk '{s += $1} END {print s + 0}'; }
+passed=$(count passed)
+failed=$(count failed)
 
 step "done in $(( $(date +%s) - T0 ))s"
+echo "tests: ${passed:-0} passed, ${failed:-0} failed"
+exit "$rc"
