@@ -4,6 +4,34 @@ use std::path::Path;
 use std::process::Command;
 
 fn main() {
+    git_commit();
+    if std::env::var_os("CARGO_FEATURE_KMS_PLUGIN").is_some() {
+        kms_protos();
+    }
+}
+
+/// The KMS v2 and v1beta1 gRPC services (server side, plus a client for tests and tools).
+#[cfg(feature = "kms-plugin")]
+fn kms_protos() {
+    println!("cargo:rerun-if-changed=proto/kms");
+    let fds = match protox::compile(["v2/api.proto", "v1beta1/service.proto"], ["proto/kms"]) {
+        Ok(fds) => fds,
+        Err(e) => panic!("proto/kms does not compile: {e}"),
+    };
+    if let Err(e) = tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .build_transport(false)
+        .compile_fds(fds)
+    {
+        panic!("cannot generate the KMS gRPC code: {e}");
+    }
+}
+
+#[cfg(not(feature = "kms-plugin"))]
+fn kms_protos() {}
+
+fn git_commit() {
     println!("cargo:rerun-if-env-changed=PHYLAX_GIT_COMMIT");
     // Re-run when HEAD moves; only name paths that exist, or cargo would re-run on every build.
     for p in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {

@@ -1,0 +1,47 @@
+//! Where the key-encryption key lives. Every provider encrypts and decrypts the small payloads the
+//! API server sends (its data-encryption keys or seeds) and names its current key.
+
+pub mod software;
+
+use async_trait::async_trait;
+use zeroize::Zeroizing;
+
+/// What went wrong, in the terms the gRPC answer needs: the caller's fault, or the provider's.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The ciphertext is malformed, corrupted, or made by a key that is not configured.
+    #[error("{0}")]
+    InvalidCiphertext(String),
+    /// The key service cannot be reached or refused to work; retrying may help.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// A sealed payload and the key that sealed it.
+#[derive(Debug)]
+pub struct Sealed {
+    pub ciphertext: Vec<u8>,
+    pub key_id: String,
+}
+
+#[async_trait]
+pub trait KeyProvider: Send + Sync + 'static {
+    /// Short name for metrics and annotations: `software`, `tpm`, `vault`, `aws`.
+    fn name(&self) -> &'static str;
+
+    /// The id of the key new data is encrypted with. Stable while the key is unchanged; changes
+    /// when it rotates. At most 1 KiB, never secret.
+    async fn key_id(&self) -> Result<String, ProviderError>;
+
+    /// Every key id this provider can decrypt with (current first), for metrics.
+    fn key_ids(&self) -> Vec<String>;
+
+    async fn encrypt(&self, plaintext: &[u8]) -> Result<Sealed, ProviderError>;
+
+    /// `key_id` is what Encrypt returned with this ciphertext (KMS v2), or None (KMS v1).
+    async fn decrypt(
+        &self,
+        ciphertext: &[u8],
+        key_id: Option<&str>,
+    ) -> Result<Zeroizing<Vec<u8>>, ProviderError>;
+}
