@@ -281,7 +281,7 @@ pub fn check_annotations(annotations: &HashMap<String, Vec<u8>>, provider: &str)
         if key == ANNOTATION_PROVIDER && value.as_slice() != provider.as_bytes() {
             return Err(Status::invalid_argument(format!(
                 "the ciphertext was made by the {:?} provider; this plugin runs {provider:?}",
-                String::from_utf8_lossy(value)
+                String::from_utf8_lossy(&value[..value.len().min(32)])
             )));
         }
     }

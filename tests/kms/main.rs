@@ -1,0 +1,11 @@
+//! The kms-plugin role end to end: its gRPC services over the unix socket (a Rust client and
+//! grpcurl), and the real kube-apiserver encrypting Secrets into etcd through it.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod apiserver;
+mod grpcurl;
+mod plugin;
+mod v1_protocol;
+mod v2_protocol;

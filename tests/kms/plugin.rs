@@ -1,0 +1,90 @@
+//! A kms-plugin child process with its own socket and key files, and gRPC clients for it.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use phylax::kms::proto::{v1beta1, v2};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::support::process::Phylax;
+
+pub type V2Client = v2::key_management_service_client::KeyManagementServiceClient<Channel>;
+pub type V1Client = v1beta1::key_management_service_client::KeyManagementServiceClient<Channel>;
+
+/// A directory for one plugin's socket, keys and audit log. Kept short: socket paths are
+/// limited to 108 bytes.
+pub struct Workdir {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workdir {
+    pub fn new() -> Workdir {
+        Workdir {
+            dir: tempfile::Builder::new()
+                .prefix("phylax-kms-")
+                .tempdir_in("/tmp")
+                .expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.path("kms.sock")
+    }
+
+    /// Writes a fresh random 32-byte key, base64, mode 0600.
+    pub fn key(&self, name: &str) -> PathBuf {
+        use base64::Engine;
+        let path = self.path(name);
+        let key: [u8; 32] = rand::random();
+        std::fs::write(&path, base64::engine::general_purpose::STANDARD.encode(key)).expect("write key");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
+        path
+    }
+}
+
+/// Starts `phylax kms-plugin` on the workdir's socket with the software provider and these key
+/// files (first = primary), plus any extra flags, and waits until it is ready.
+pub async fn start(work: &Workdir, keys: &[&Path], extra: &[&str]) -> Phylax {
+    let mut args = vec![format!("--listen=unix://{}", work.socket().display())];
+    args.extend(keys.iter().map(|k| format!("--key-file={}", k.display())));
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut plugin = Phylax::start("kms-plugin", &args, None);
+    plugin.wait_ready(Duration::from_secs(30)).await;
+    plugin
+}
+
+/// A gRPC channel over the unix socket.
+pub async fn channel(socket: &Path) -> Channel {
+    let socket = socket.to_owned();
+    Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move { tokio::net::UnixStream::connect(socket).await.map(TokioIo::new) }
+        }))
+        .await
+        .expect("connect to the KMS socket")
+}
+
+pub async fn v2_client(socket: &Path) -> V2Client {
+    V2Client::new(channel(socket).await)
+}
+
+pub async fn v1_client(socket: &Path) -> V1Client {
+    V1Client::new(channel(socket).await)
+}
+
+/// The value of one labelled metric series, e.g. `phylax_kms_operations_total{method="v2.Encrypt",...}`.
+pub async fn metric_lines(plugin: &Phylax, name: &str) -> Vec<String> {
+    let (_, body) = plugin.admin_get("/metrics").await.expect("metrics");
+    body.lines()
+        .filter(|l| l.starts_with(name))
+        .map(str::to_owned)
+        .collect()
+}
