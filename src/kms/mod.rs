@@ -54,6 +54,10 @@ pub struct Args {
     #[command(flatten)]
     pub software: SoftwareArgs,
 
+    #[cfg(feature = "tpm")]
+    #[command(flatten)]
+    pub tpm: providers::tpm::TpmArgs,
+
     /// Deadline for one provider call; past it the request fails with UNAVAILABLE (the API
     /// server itself gives up after 3 s)
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration::parse)]
@@ -72,6 +76,9 @@ pub struct Args {
 pub enum ProviderKind {
     /// AES-256-GCM with key-encryption keys in local files
     Software,
+    /// AES-256-GCM with key-encryption keys sealed to a TPM 2.0
+    #[cfg(feature = "tpm")]
+    Tpm,
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,6 +107,8 @@ pub fn build_provider(args: &Args) -> anyhow::Result<Arc<dyn KeyProvider>> {
             &args.software.key_files,
             args.software.create_key_file,
         )?)),
+        #[cfg(feature = "tpm")]
+        ProviderKind::Tpm => Ok(Arc::new(providers::tpm::load(&args.tpm)?)),
     }
 }
 

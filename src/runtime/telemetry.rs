@@ -1,5 +1,5 @@
 //! Logging: JSON lines by default (what log pipelines ingest), plain text for people.
-//! The level comes from `RUST_LOG` (default `info`).
+//! The level comes from `RUST_LOG` (default `info`, with chatty client libraries at `warn`).
 
 use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;
@@ -20,7 +20,8 @@ pub fn init(format: LogFormat) -> anyhow::Result<()> {
         Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec).map_err(|e| {
             anyhow::anyhow!("RUST_LOG={spec:?} is not a valid log filter ({e}); use e.g. RUST_LOG=info or RUST_LOG=phylax=debug")
         })?,
-        _ => EnvFilter::new("info"),
+        // Client libraries log every TPM handle and HTTP connection at info; keep their warnings.
+        _ => EnvFilter::new("info,tss_esapi=warn,aws_config=warn,aws_smithy_runtime=warn,hyper_util=warn,rustify=warn"),
     };
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {

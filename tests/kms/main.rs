@@ -7,5 +7,7 @@ mod support;
 mod apiserver;
 mod grpcurl;
 mod plugin;
+#[cfg(feature = "tpm")]
+mod tpm;
 mod v1_protocol;
 mod v2_protocol;

@@ -51,13 +51,29 @@ impl Workdir {
 /// Starts `phylax kms-plugin` on the workdir's socket with the software provider and these key
 /// files (first = primary), plus any extra flags, and waits until it is ready.
 pub async fn start(work: &Workdir, keys: &[&Path], extra: &[&str]) -> Phylax {
-    let mut args = vec![format!("--listen=unix://{}", work.socket().display())];
-    args.extend(keys.iter().map(|k| format!("--key-file={}", k.display())));
+    let mut args: Vec<String> = keys
+        .iter()
+        .map(|k| format!("--key-file={}", k.display()))
+        .collect();
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut plugin = Phylax::start("kms-plugin", &args, None);
+    start_with(work, &args).await
+}
+
+/// Starts `phylax kms-plugin` on the workdir's socket with exactly these flags (provider
+/// included) and waits until it is ready.
+pub async fn start_with(work: &Workdir, flags: &[&str]) -> Phylax {
+    let mut plugin = spawn(work, flags);
     plugin.wait_ready(Duration::from_secs(30)).await;
     plugin
+}
+
+/// Starts the plugin without waiting for readiness.
+pub fn spawn(work: &Workdir, flags: &[&str]) -> Phylax {
+    let mut args = vec![format!("--listen=unix://{}", work.socket().display())];
+    args.extend(flags.iter().map(|s| (*s).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Phylax::start("kms-plugin", &args, None)
 }
 
 /// A gRPC channel over the unix socket.

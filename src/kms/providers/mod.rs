@@ -1,7 +1,10 @@
 //! Where the key-encryption key lives. Every provider encrypts and decrypts the small payloads the
 //! API server sends (its data-encryption keys or seeds) and names its current key.
 
+pub mod local;
 pub mod software;
+#[cfg(feature = "tpm")]
+pub mod tpm;
 
 use async_trait::async_trait;
 use zeroize::Zeroizing;

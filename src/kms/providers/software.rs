@@ -8,23 +8,19 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use async_trait::async_trait;
 use base64::Engine;
 use zeroize::Zeroizing;
 
-use super::{KeyProvider, ProviderError, Sealed};
-use crate::kms::envelope::{self, EnvelopeError, Kek};
+use super::local::LocalKeys;
+use crate::kms::envelope::Kek;
 
-#[derive(Debug)]
-pub struct SoftwareProvider {
-    /// Primary first.
-    keys: Vec<Kek>,
-}
+/// The key-file provider: `LocalKeys` named `software`.
+pub struct SoftwareProvider;
 
 impl SoftwareProvider {
     /// Loads the key files; with `create`, writes a new random primary key first if the file does
     /// not exist (never overwriting one that does).
-    pub fn load(files: &[PathBuf], create: bool) -> anyhow::Result<SoftwareProvider> {
+    pub fn load(files: &[PathBuf], create: bool) -> anyhow::Result<LocalKeys> {
         let Some(primary) = files.first() else {
             anyhow::bail!("the software provider needs at least one --key-file");
         };
@@ -36,22 +32,11 @@ impl SoftwareProvider {
             .iter()
             .map(|f| load_key_file(f))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        for (i, k) in keys.iter().enumerate() {
-            if keys[..i]
-                .iter()
-                .any(|o| o.fingerprint_hex() == k.fingerprint_hex())
-            {
-                anyhow::bail!(
-                    "key file {} holds the same key as an earlier --key-file",
-                    files[i].display()
-                );
-            }
-        }
-        Ok(SoftwareProvider { keys })
-    }
-
-    fn key_id_of(kek: &Kek) -> String {
-        format!("software:{}", kek.fingerprint_hex())
+        let sources: Vec<String> = files
+            .iter()
+            .map(|f| format!("key file {}", f.display()))
+            .collect();
+        LocalKeys::new("software", keys, &sources)
     }
 }
 
@@ -114,51 +99,10 @@ pub fn parse_key(raw: &[u8]) -> Result<Zeroizing<[u8; 32]>, String> {
     Ok(key)
 }
 
-fn envelope_error(e: EnvelopeError) -> ProviderError {
-    ProviderError::InvalidCiphertext(e.to_string())
-}
-
-#[async_trait]
-impl KeyProvider for SoftwareProvider {
-    fn name(&self) -> &'static str {
-        "software"
-    }
-
-    async fn key_id(&self) -> Result<String, ProviderError> {
-        Ok(Self::key_id_of(&self.keys[0]))
-    }
-
-    fn key_ids(&self) -> Vec<String> {
-        self.keys.iter().map(Self::key_id_of).collect()
-    }
-
-    async fn encrypt(&self, plaintext: &[u8]) -> Result<Sealed, ProviderError> {
-        Ok(Sealed {
-            ciphertext: self.keys[0].seal(plaintext),
-            key_id: Self::key_id_of(&self.keys[0]),
-        })
-    }
-
-    async fn decrypt(
-        &self,
-        ciphertext: &[u8],
-        key_id: Option<&str>,
-    ) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
-        if let Some(id) = key_id {
-            let named = envelope::fingerprint_of(ciphertext).map_err(envelope_error)?;
-            if id != format!("software:{named}") {
-                return Err(ProviderError::InvalidCiphertext(format!(
-                    "key_id {id:?} does not match the key the ciphertext was made with (software:{named})"
-                )));
-            }
-        }
-        envelope::open(&self.keys, ciphertext).map_err(envelope_error)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kms::providers::KeyProvider;
 
     #[test]
     fn key_file_formats() {
