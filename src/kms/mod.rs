@@ -58,6 +58,10 @@ pub struct Args {
     #[command(flatten)]
     pub tpm: providers::tpm::TpmArgs,
 
+    #[cfg(feature = "vault")]
+    #[command(flatten)]
+    pub vault: providers::vault::VaultArgs,
+
     /// Deadline for one provider call; past it the request fails with UNAVAILABLE (the API
     /// server itself gives up after 3 s)
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration::parse)]
@@ -79,6 +83,9 @@ pub enum ProviderKind {
     /// AES-256-GCM with key-encryption keys sealed to a TPM 2.0
     #[cfg(feature = "tpm")]
     Tpm,
+    /// HashiCorp Vault's Transit engine holds the key
+    #[cfg(feature = "vault")]
+    Vault,
 }
 
 #[derive(Debug, clap::Args)]
@@ -109,6 +116,8 @@ pub fn build_provider(args: &Args) -> anyhow::Result<Arc<dyn KeyProvider>> {
         )?)),
         #[cfg(feature = "tpm")]
         ProviderKind::Tpm => Ok(Arc::new(providers::tpm::load(&args.tpm)?)),
+        #[cfg(feature = "vault")]
+        ProviderKind::Vault => Ok(Arc::new(providers::vault::VaultProvider::new(&args.vault)?)),
     }
 }
 

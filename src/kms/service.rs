@@ -57,6 +57,7 @@ pub struct Core {
     healthy: ReadyFlag,
     ops: Family<OpLabels, Counter>,
     latency: Family<MethodLabels, Histogram>,
+    keys: Family<KeyLabels, Gauge>,
 }
 
 pub fn key_id_hash(key_id: &str) -> String {
@@ -92,21 +93,12 @@ impl Core {
             latency.clone(),
         );
         let keys = Family::<KeyLabels, Gauge>::default();
-        for (i, id) in provider.key_ids().iter().enumerate() {
-            let state = if i == 0 { "primary" } else { "decrypt-only" };
-            keys.get_or_create(&KeyLabels {
-                provider: provider.name(),
-                key_id_hash: key_id_hash(id),
-                state,
-            })
-            .set(1);
-        }
         metrics.register(
             "kms_key_info",
             "Configured keys (1 each): the primary encrypts, all decrypt",
-            keys,
+            keys.clone(),
         );
-        Arc::new(Core {
+        let core = Arc::new(Core {
             provider,
             audit,
             timeout,
@@ -115,7 +107,27 @@ impl Core {
             healthy,
             ops,
             latency,
-        })
+            keys,
+        });
+        core.publish_keys();
+        core
+    }
+
+    /// Sets `kms_key_info` from the provider's keys; called again after each health round trip,
+    /// so a rotation inside the key service (Vault) shows up.
+    fn publish_keys(&self) {
+        let provider = self.provider.name();
+        self.keys.clear();
+        for (i, id) in self.provider.key_ids().iter().enumerate() {
+            let state = if i == 0 { "primary" } else { "decrypt-only" };
+            self.keys
+                .get_or_create(&KeyLabels {
+                    provider,
+                    key_id_hash: key_id_hash(id),
+                    state,
+                })
+                .set(1);
+        }
     }
 
     pub fn provider_name(&self) -> &'static str {
@@ -207,12 +219,10 @@ impl Core {
         if plain.as_slice() != probe {
             return Err("round trip returned different data".into());
         }
-        let key_id = self
-            .call(self.provider.key_id())
-            .await
-            .map_err(|s| s.message().to_owned())?;
-        check_key_id(&key_id).map_err(|s| s.message().to_owned())?;
-        Ok(key_id)
+        // Status reports the key that just encrypted, which is what Encrypt will return.
+        check_key_id(&sealed.key_id).map_err(|s| s.message().to_owned())?;
+        self.publish_keys();
+        Ok(sealed.key_id)
     }
 }
 

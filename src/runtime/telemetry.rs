@@ -21,7 +21,7 @@ pub fn init(format: LogFormat) -> anyhow::Result<()> {
             anyhow::anyhow!("RUST_LOG={spec:?} is not a valid log filter ({e}); use e.g. RUST_LOG=info or RUST_LOG=phylax=debug")
         })?,
         // Client libraries log every TPM handle and HTTP connection at info; keep their warnings.
-        _ => EnvFilter::new("info,tss_esapi=warn,aws_config=warn,aws_smithy_runtime=warn,hyper_util=warn,rustify=warn"),
+        _ => EnvFilter::new("info,tss_esapi=warn,aws_config=warn,aws_smithy_runtime=warn,hyper_util=warn,rustify=warn,vaultrs=warn"),
     };
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {

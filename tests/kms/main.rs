@@ -11,3 +11,7 @@ mod plugin;
 mod tpm;
 mod v1_protocol;
 mod v2_protocol;
+#[cfg(feature = "vault")]
+mod vault;
+#[cfg(feature = "vault")]
+mod vault_double;

@@ -52,10 +52,6 @@ impl KeyProvider for LocalKeys {
         self.name
     }
 
-    async fn key_id(&self) -> Result<String, ProviderError> {
-        Ok(self.key_id_of(&self.keys[0]))
-    }
-
     fn key_ids(&self) -> Vec<String> {
         self.keys.iter().map(|k| self.key_id_of(k)).collect()
     }

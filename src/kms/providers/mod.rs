@@ -5,6 +5,8 @@ pub mod local;
 pub mod software;
 #[cfg(feature = "tpm")]
 pub mod tpm;
+#[cfg(feature = "vault")]
+pub mod vault;
 
 use async_trait::async_trait;
 use zeroize::Zeroizing;
@@ -32,13 +34,12 @@ pub trait KeyProvider: Send + Sync + 'static {
     /// Short name for metrics and annotations: `software`, `tpm`, `vault`, `aws`.
     fn name(&self) -> &'static str;
 
-    /// The id of the key new data is encrypted with. Stable while the key is unchanged; changes
-    /// when it rotates. At most 1 KiB, never secret.
-    async fn key_id(&self) -> Result<String, ProviderError>;
-
-    /// Every key id this provider can decrypt with (current first), for metrics.
+    /// Every key id this provider knows it can decrypt with (current first), for metrics. A key
+    /// service that rotates on its own (Vault) reports what it has seen so far.
     fn key_ids(&self) -> Vec<String>;
 
+    /// Encrypts with the current key and names it: the key id is stable while the key is
+    /// unchanged, changes when it rotates, is at most 1 KiB and is never secret.
     async fn encrypt(&self, plaintext: &[u8]) -> Result<Sealed, ProviderError>;
 
     /// `key_id` is what Encrypt returned with this ciphertext (KMS v2), or None (KMS v1).

@@ -155,7 +155,7 @@ mod tests {
         let sealed = before.encrypt(b"dek").await.unwrap();
         SoftwareProvider::load(std::slice::from_ref(&new), true).unwrap();
         let after = SoftwareProvider::load(&[new, old], false).unwrap();
-        assert_ne!(after.key_id().await.unwrap(), sealed.key_id);
+        assert_ne!(after.key_ids()[0], sealed.key_id);
         assert_eq!(after.key_ids()[1], sealed.key_id);
         let plain = after
             .decrypt(&sealed.ciphertext, Some(&sealed.key_id))
