@@ -34,6 +34,14 @@ for role in operator webhook kms-plugin node-agent tokenizer; do
   echo "   $role: ok"
 done
 
+step "each KMS provider builds alone with the kms-plugin role"
+for provider in tpm vault aws; do
+  cargo build -q --no-default-features --features "kms-plugin,$provider"
+  "$CARGO_TARGET_DIR/debug/phylax" kms-plugin --help | grep -q -- "- $provider:" \
+    || { echo "error: a kms-plugin,$provider build does not offer --provider $provider" >&2; exit 1; }
+  echo "   kms-plugin,$provider: ok"
+done
+
 step "cargo test (unit, CLI, real control plane)"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -109,7 +109,7 @@ pub enum Command {
     Webhook(crate::webhook::Args),
     /// Run the KMS v2/v1 plugin for the API server's encryption at rest
     #[cfg(feature = "kms-plugin")]
-    KmsPlugin(crate::kms::Args),
+    KmsPlugin(Box<crate::kms::Args>),
     /// Run the per-node agent (security profiles on this node)
     #[cfg(feature = "node-agent")]
     NodeAgent(crate::node_agent::Args),
@@ -126,7 +126,7 @@ pub enum Command {
 
 /// What the command line asked for, or why it cannot be run.
 pub enum Parsed {
-    Run(Cli),
+    Run(Box<Cli>),
     /// Help or version text, printed to stdout, success.
     Info(String),
     /// Nothing to run was given: usage on stderr, failure.
@@ -159,7 +159,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Parsed {
     }
 
     match Cli::try_parse_from(&args) {
-        Ok(cli) => Parsed::Run(cli),
+        Ok(cli) => Parsed::Run(Box::new(cli)),
         Err(e) => match e.kind() {
             clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
                 Parsed::Info(e.render().to_string())

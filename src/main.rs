@@ -75,7 +75,7 @@ fn run_role(command: Command) -> anyhow::Result<()> {
             #[cfg(feature = "webhook")]
             Command::Webhook(args) => phylax::webhook::run(args).await,
             #[cfg(feature = "kms-plugin")]
-            Command::KmsPlugin(args) => phylax::kms::run(args).await,
+            Command::KmsPlugin(args) => phylax::kms::run(*args).await,
             #[cfg(feature = "node-agent")]
             Command::NodeAgent(args) => phylax::node_agent::run(args).await,
             #[cfg(feature = "tokenizer")]

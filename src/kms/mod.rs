@@ -62,6 +62,10 @@ pub struct Args {
     #[command(flatten)]
     pub vault: providers::vault::VaultArgs,
 
+    #[cfg(feature = "aws")]
+    #[command(flatten)]
+    pub aws: providers::aws::AwsArgs,
+
     /// Deadline for one provider call; past it the request fails with UNAVAILABLE (the API
     /// server itself gives up after 3 s)
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration::parse)]
@@ -86,6 +90,9 @@ pub enum ProviderKind {
     /// HashiCorp Vault's Transit engine holds the key
     #[cfg(feature = "vault")]
     Vault,
+    /// AWS KMS holds the key
+    #[cfg(feature = "aws")]
+    Aws,
 }
 
 #[derive(Debug, clap::Args)]
@@ -108,7 +115,7 @@ fn parse_mode(s: &str) -> Result<u32, String> {
     }
 }
 
-pub fn build_provider(args: &Args) -> anyhow::Result<Arc<dyn KeyProvider>> {
+pub async fn build_provider(args: &Args) -> anyhow::Result<Arc<dyn KeyProvider>> {
     match args.provider {
         ProviderKind::Software => Ok(Arc::new(providers::software::SoftwareProvider::load(
             &args.software.key_files,
@@ -118,12 +125,14 @@ pub fn build_provider(args: &Args) -> anyhow::Result<Arc<dyn KeyProvider>> {
         ProviderKind::Tpm => Ok(Arc::new(providers::tpm::load(&args.tpm)?)),
         #[cfg(feature = "vault")]
         ProviderKind::Vault => Ok(Arc::new(providers::vault::VaultProvider::new(&args.vault)?)),
+        #[cfg(feature = "aws")]
+        ProviderKind::Aws => Ok(Arc::new(providers::aws::AwsProvider::new(&args.aws).await?)),
     }
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let rt = Runtime::start(Role::KmsPlugin, &args.runtime).await?;
-    let provider = build_provider(&args)?;
+    let provider = build_provider(&args).await?;
     let audit = Audit::open(args.audit_log.as_deref())?;
     let healthy = rt.readiness.register("provider-healthy");
     let listening = rt.readiness.register("socket-listening");

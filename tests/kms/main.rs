@@ -5,6 +5,8 @@
 mod support;
 
 mod apiserver;
+#[cfg(feature = "aws")]
+mod aws;
 mod grpcurl;
 mod plugin;
 #[cfg(feature = "tpm")]

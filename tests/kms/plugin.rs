@@ -1,5 +1,6 @@
 //! A kms-plugin child process with its own socket and key files, and gRPC clients for it.
 
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -70,10 +71,15 @@ pub async fn start_with(work: &Workdir, flags: &[&str]) -> Phylax {
 
 /// Starts the plugin without waiting for readiness.
 pub fn spawn(work: &Workdir, flags: &[&str]) -> Phylax {
+    spawn_env(work, flags, &HashMap::new())
+}
+
+/// Starts the plugin with extra environment variables, without waiting for readiness.
+pub fn spawn_env(work: &Workdir, flags: &[&str], env: &HashMap<&str, &str>) -> Phylax {
     let mut args = vec![format!("--listen=unix://{}", work.socket().display())];
     args.extend(flags.iter().map(|s| (*s).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Phylax::start("kms-plugin", &args, None)
+    Phylax::start_with(crate::support::process::binary(), "kms-plugin", &args, None, env)
 }
 
 /// A gRPC channel over the unix socket.

@@ -134,11 +134,10 @@ async fn admit(state: &Shared, headers: &HeaderMap, mount: &str) -> Result<(), R
     Ok(())
 }
 
-fn field(body: &Bytes, name: &str) -> Result<String, Response> {
+fn field(body: &Bytes, name: &str) -> Option<String> {
     serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v[name].as_str().map(str::to_owned))
-        .ok_or_else(|| errors(StatusCode::BAD_REQUEST, &format!("missing {name} to operate on")))
 }
 
 async fn encrypt(
@@ -151,9 +150,9 @@ async fn encrypt(
         return r;
     }
     let plaintext = match field(&body, "plaintext").map(|p| B64.decode(p)) {
-        Ok(Ok(p)) => p,
-        Ok(Err(_)) => return errors(StatusCode::BAD_REQUEST, "failed to base64-decode plaintext"),
-        Err(r) => return r,
+        Some(Ok(p)) => p,
+        Some(Err(_)) => return errors(StatusCode::BAD_REQUEST, "failed to base64-decode plaintext"),
+        None => return errors(StatusCode::BAD_REQUEST, "missing plaintext to encrypt"),
     };
     let inner = state.lock().unwrap();
     let Some(versions) = inner.keys.get(&name) else {
@@ -179,9 +178,8 @@ async fn decrypt(
     if let Err(r) = admit(&state, &headers, &mount).await {
         return r;
     }
-    let ciphertext = match field(&body, "ciphertext") {
-        Ok(c) => c,
-        Err(r) => return r,
+    let Some(ciphertext) = field(&body, "ciphertext") else {
+        return errors(StatusCode::BAD_REQUEST, "missing ciphertext to decrypt");
     };
     let inner = state.lock().unwrap();
     let Some(versions) = inner.keys.get(&name) else {

@@ -1,6 +1,8 @@
 //! Where the key-encryption key lives. Every provider encrypts and decrypts the small payloads the
 //! API server sends (its data-encryption keys or seeds) and names its current key.
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod local;
 pub mod software;
 #[cfg(feature = "tpm")]
@@ -48,4 +50,25 @@ pub trait KeyProvider: Send + Sync + 'static {
         ciphertext: &[u8],
         key_id: Option<&str>,
     ) -> Result<Zeroizing<Vec<u8>>, ProviderError>;
+}
+
+/// Plain HTTP to a key service is allowed only on loopback (tests, emulators, a local agent).
+#[cfg(any(feature = "vault", feature = "aws"))]
+pub(crate) fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(all(test, any(feature = "vault", feature = "aws")))]
+mod tests {
+    #[test]
+    fn loopback_hosts() {
+        use super::is_loopback;
+        assert!(is_loopback("127.0.0.1") && is_loopback("[::1]") && is_loopback("localhost"));
+        assert!(!is_loopback("vault.example") && !is_loopback("10.0.0.1") && !is_loopback("localhost.evil"));
+    }
 }
