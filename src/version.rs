@@ -31,8 +31,16 @@ pub struct VersionInfo {
 }
 
 pub fn info() -> VersionInfo {
-    // Provider features join this list as they arrive.
-    let features: Vec<&'static str> = Role::compiled_names();
+    let mut features: Vec<&'static str> = Role::compiled_names();
+    for (enabled, name) in [
+        (cfg!(feature = "tpm"), "tpm"),
+        (cfg!(feature = "vault"), "vault"),
+        (cfg!(feature = "aws"), "aws"),
+    ] {
+        if enabled {
+            features.push(name);
+        }
+    }
     VersionInfo {
         version: VERSION,
         git_commit: GIT_COMMIT,

@@ -5,16 +5,19 @@
 //! the h2 crate under tonic resets such streams with PROTOCOL_ERROR before any handler runs (a
 //! known interoperability gap, also hit by other Rust KMS plugins and CSI drivers).
 //!
-//! This shim sits between the accepted socket and the gRPC server. It passes every frame through
-//! untouched except request header blocks, which it decodes with the client's HPACK state and
-//! re-encodes for the server, replacing an invalid authority with `localhost`. Nothing is buffered
-//! beyond one frame (or one header block), and malformed input closes the connection.
+//! `FixedConn` wraps each accepted socket for the gRPC server. What the client sends passes
+//! through the `Rewriter`, which forwards every frame untouched except request header blocks: it
+//! decodes them with the client's HPACK state and re-encodes them for the server, replacing an
+//! invalid authority with `localhost`. Nothing is buffered beyond one frame (or one header block),
+//! and malformed input closes the connection. The server's replies are written straight through.
 
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use axum::http::uri::Authority;
 use loona_hpack::{Decoder, Encoder};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADERS: u8 = 0x1;
@@ -36,93 +39,276 @@ fn protocol_error(what: &str) -> io::Error {
     )
 }
 
-/// Copies the client's side of an HTTP/2 connection to the server, fixing request authorities.
-pub async fn forward_client_frames<R, W>(mut from_client: R, mut to_server: W) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut preface = [0u8; 24];
-    from_client.read_exact(&mut preface).await?;
-    to_server.write_all(&preface).await?;
-    if &preface != PREFACE {
-        // Not HTTP/2 with prior knowledge: let the server answer it as it would.
-        tokio::io::copy(&mut from_client, &mut to_server).await?;
-        return to_server.shutdown().await;
+/// The client-to-server byte stream transformer. Feed it what the client sent, in any chunks; it
+/// emits what the server should read: every frame unchanged except request header blocks, whose
+/// authority is fixed. It keeps the client's and the server's HPACK state in step.
+pub struct Rewriter {
+    state: State,
+    decoder: Decoder<'static>,
+    encoder: Encoder<'static>,
+    /// A header block waiting for its CONTINUATION frames.
+    pending: Option<PendingBlock>,
+    /// Whether header blocks are being re-encoded (decided by the first request).
+    rewriting: bool,
+}
+
+enum State {
+    /// Waiting for the 24-byte connection preface.
+    Preface,
+    Frames,
+    /// Not HTTP/2 with prior knowledge: bytes pass through and the server answers as it would.
+    Passthrough,
+}
+
+struct PendingBlock {
+    flags: u8,
+    stream: u32,
+    priority: Option<[u8; 5]>,
+    block: Vec<u8>,
+}
+
+impl Default for Rewriter {
+    fn default() -> Self {
+        let mut decoder = Decoder::new();
+        // The server advertises no larger table (h2's default is 4096); this is a safety bound.
+        decoder.set_max_allowed_table_size(64 * 1024);
+        Rewriter {
+            state: State::Preface,
+            decoder,
+            encoder: Encoder::new(),
+            pending: None,
+            rewriting: false,
+        }
     }
-    let mut decoder = Decoder::new();
-    // The server advertises no larger table (h2's default is 4096); this is a safety bound.
-    decoder.set_max_allowed_table_size(64 * 1024);
-    let mut encoder = Encoder::new();
-    let mut out = Vec::with_capacity(MAX_FRAME + 9);
-    while let Some((kind, flags, stream, payload)) = read_frame(&mut from_client).await? {
-        out.clear();
+}
+
+impl Rewriter {
+    /// Consumes every complete unit (preface, frame) at the front of `input`, appending the
+    /// server's view to `out`; an incomplete tail stays in `input` for the next call.
+    pub fn feed(&mut self, input: &mut Vec<u8>, out: &mut Vec<u8>) -> io::Result<()> {
+        let mut pos = 0;
+        let result = self.feed_inner(input, &mut pos, out);
+        input.drain(..pos);
+        result
+    }
+
+    fn feed_inner(&mut self, input: &[u8], pos: &mut usize, out: &mut Vec<u8>) -> io::Result<()> {
+        loop {
+            let rest = &input[*pos..];
+            match self.state {
+                State::Passthrough => {
+                    out.extend_from_slice(rest);
+                    *pos = input.len();
+                    return Ok(());
+                }
+                State::Preface => {
+                    let n = rest.len().min(PREFACE.len());
+                    if rest[..n] != PREFACE[..n] {
+                        self.state = State::Passthrough;
+                        continue;
+                    }
+                    if n < PREFACE.len() {
+                        return Ok(());
+                    }
+                    out.extend_from_slice(PREFACE);
+                    *pos += PREFACE.len();
+                    self.state = State::Frames;
+                }
+                State::Frames => {
+                    if rest.len() < 9 {
+                        return Ok(());
+                    }
+                    let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+                    if len > MAX_FRAME {
+                        return Err(protocol_error("frame larger than the advertised maximum"));
+                    }
+                    if rest.len() < 9 + len {
+                        return Ok(());
+                    }
+                    let (kind, flags) = (rest[3], rest[4]);
+                    let stream = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]) & 0x7fff_ffff;
+                    let payload = &rest[9..9 + len];
+                    self.frame(kind, flags, stream, payload, out)?;
+                    *pos += 9 + len;
+                }
+            }
+        }
+    }
+
+    fn frame(
+        &mut self,
+        kind: u8,
+        flags: u8,
+        stream: u32,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        if let Some(pending) = &mut self.pending {
+            if kind != FRAME_CONTINUATION || stream != pending.stream {
+                return Err(protocol_error("header block interrupted by another frame"));
+            }
+            if pending.block.len() + payload.len() > MAX_HEADER_BLOCK {
+                return Err(protocol_error("header block too large"));
+            }
+            pending.block.extend_from_slice(payload);
+            if flags & FLAG_END_HEADERS != 0
+                && let Some(done) = self.pending.take()
+            {
+                self.emit_block(done, out)?;
+            }
+            return Ok(());
+        }
         match kind {
             FRAME_HEADERS => {
-                let (priority, mut block) = headers_payload(flags, &payload)?;
-                let mut end_headers = flags & FLAG_END_HEADERS != 0;
-                while !end_headers {
-                    let Some((k, f, s, more)) = read_frame(&mut from_client).await? else {
-                        return Err(protocol_error("connection closed inside a header block"));
-                    };
-                    if k != FRAME_CONTINUATION || s != stream {
-                        return Err(protocol_error("header block interrupted by another frame"));
-                    }
-                    if block.len() + more.len() > MAX_HEADER_BLOCK {
-                        return Err(protocol_error("header block too large"));
-                    }
-                    block.extend_from_slice(&more);
-                    end_headers = f & FLAG_END_HEADERS != 0;
-                }
-                let mut headers = decoder
-                    .decode(&block)
-                    .map_err(|e| protocol_error(&format!("undecodable header block ({e:?})")))?;
-                fix_authority(&mut headers);
-                let mut encoded = Vec::with_capacity(block.len() + 16);
-                encoder.encode_into(headers.iter().map(|(n, v)| (&n[..], &v[..])), &mut encoded)?;
-                write_header_block(
-                    &mut out,
-                    flags & (FLAG_END_STREAM | FLAG_PRIORITY),
+                let (priority, block) = headers_payload(flags, payload)?;
+                let pending = PendingBlock {
+                    flags: flags & (FLAG_END_STREAM | FLAG_PRIORITY),
                     stream,
                     priority,
-                    &encoded,
-                );
+                    block,
+                };
+                if flags & FLAG_END_HEADERS != 0 {
+                    self.emit_block(pending, out)?;
+                } else {
+                    self.pending = Some(pending);
+                }
             }
             FRAME_CONTINUATION => return Err(protocol_error("CONTINUATION without HEADERS")),
             _ => {
-                put_frame_header(&mut out, payload.len(), kind, flags, stream);
-                out.extend_from_slice(&payload);
+                put_frame_header(out, payload.len(), kind, flags, stream);
+                out.extend_from_slice(payload);
             }
         }
-        to_server.write_all(&out).await?;
+        Ok(())
     }
-    to_server.shutdown().await
+
+    fn emit_block(&mut self, b: PendingBlock, out: &mut Vec<u8>) -> io::Result<()> {
+        let mut headers = self
+            .decoder
+            .decode(&b.block)
+            .map_err(|e| protocol_error(&format!("undecodable header block ({e:?})")))?;
+        let fixed = fix_authority(&mut headers);
+        if !fixed && !self.rewriting {
+            // A client that sends a valid authority on its first request (API servers from 1.32,
+            // grpc clients with a proper target) keeps it: from here on its bytes pass through
+            // untouched, and the server's HPACK state is the client's own.
+            write_header_block(out, b.flags, b.stream, b.priority, &b.block);
+            self.state = State::Passthrough;
+            return Ok(());
+        }
+        // Once one block is re-encoded, the server's HPACK state is ours: re-encode every block.
+        self.rewriting = true;
+        let mut encoded = Vec::with_capacity(b.block.len() + 16);
+        self.encoder
+            .encode_into(headers.iter().map(|(n, v)| (&n[..], &v[..])), &mut encoded)?;
+        write_header_block(out, b.flags, b.stream, b.priority, &encoded);
+        Ok(())
+    }
+
+    /// At end of input: an error if it stopped inside a frame or a header block.
+    pub fn finish(&self, input: &[u8]) -> io::Result<()> {
+        match self.state {
+            State::Passthrough => Ok(()),
+            _ if self.pending.is_some() => Err(protocol_error("connection closed inside a header block")),
+            _ if !input.is_empty() => Err(protocol_error("connection closed inside a frame")),
+            _ => Ok(()),
+        }
+    }
 }
 
-/// Replaces an authority that is not a valid URI authority (a socket path) with `localhost`.
-pub fn fix_authority(headers: &mut [(Vec<u8>, Vec<u8>)]) {
+/// The accepted connection as the gRPC server sees it: reads go through the `Rewriter` in line
+/// (no extra task or buffer between client and server), writes go straight to the socket.
+pub struct FixedConn<S> {
+    inner: S,
+    rewriter: Rewriter,
+    input: Vec<u8>,
+    out: Vec<u8>,
+    out_pos: usize,
+    eof: bool,
+}
+
+impl<S> FixedConn<S> {
+    pub fn new(inner: S) -> FixedConn<S> {
+        FixedConn {
+            inner,
+            rewriter: Rewriter::default(),
+            input: Vec::with_capacity(MAX_FRAME + 9),
+            out: Vec::with_capacity(MAX_FRAME + 9),
+            out_pos: 0,
+            eof: false,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FixedConn<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if this.out_pos < this.out.len() {
+                let n = buf.remaining().min(this.out.len() - this.out_pos);
+                buf.put_slice(&this.out[this.out_pos..this.out_pos + n]);
+                this.out_pos += n;
+                if this.out_pos == this.out.len() {
+                    this.out.clear();
+                    this.out_pos = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                return Poll::Ready(this.rewriter.finish(&this.input));
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let mut rb = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => this.eof = true,
+                Poll::Ready(Ok(())) => {
+                    this.input.extend_from_slice(rb.filled());
+                    this.rewriter.feed(&mut this.input, &mut this.out)?;
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FixedConn<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Replaces an authority that is not a valid URI authority (a socket path) with `localhost`;
+/// true if it did.
+pub fn fix_authority(headers: &mut [(Vec<u8>, Vec<u8>)]) -> bool {
+    let mut fixed = false;
     for (name, value) in headers.iter_mut() {
         if name.as_slice() == b":authority" && Authority::try_from(value.as_slice()).is_err() {
             *value = b"localhost".to_vec();
+            fixed = true;
         }
     }
-}
-
-async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<(u8, u8, u32, Vec<u8>)>> {
-    let mut head = [0u8; 9];
-    match r.read_exact(&mut head).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-    if len > MAX_FRAME {
-        return Err(protocol_error("frame larger than the advertised maximum"));
-    }
-    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload).await?;
-    Ok(Some((head[3], head[4], stream, payload)))
+    fixed
 }
 
 /// Splits a HEADERS payload into its priority fields (if any) and header block fragment, without
@@ -236,10 +422,36 @@ mod tests {
         ]
     }
 
-    async fn forward(input: Vec<u8>) -> io::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        forward_client_frames(&input[..], &mut out).await?;
+    /// The server's view of `input`, fed in chunks of `chunk` bytes.
+    fn forward_in(input: &[u8], chunk: usize) -> io::Result<Vec<u8>> {
+        let mut rw = Rewriter::default();
+        let (mut pending, mut out) = (Vec::new(), Vec::new());
+        for piece in input.chunks(chunk.max(1)) {
+            pending.extend_from_slice(piece);
+            rw.feed(&mut pending, &mut out)?;
+        }
+        rw.finish(&pending)?;
         Ok(out)
+    }
+
+    async fn forward(input: Vec<u8>) -> io::Result<Vec<u8>> {
+        let whole = forward_in(&input, input.len());
+        // However the bytes arrive, the server sees the same thing.
+        for chunk in [1, 7, 100] {
+            assert_eq!(
+                forward_in(&input, chunk).map_err(|e| e.to_string()),
+                whole.as_ref().map(Vec::clone).map_err(|e| e.to_string())
+            );
+        }
+        // And through the AsyncRead wrapper.
+        let mut conn = FixedConn::new(&input[..]);
+        let mut via_conn = Vec::new();
+        let read = tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut via_conn).await;
+        assert_eq!(read.is_ok(), whole.is_ok());
+        if whole.is_ok() {
+            assert_eq!(&via_conn, whole.as_ref().unwrap());
+        }
+        whole
     }
 
     #[tokio::test]
@@ -324,6 +536,25 @@ mod tests {
         let mut bad = PREFACE.to_vec();
         bad.extend(frame(FRAME_HEADERS, 0, 1, &[0x82]));
         assert!(forward(bad).await.is_err(), "EOF inside a header block");
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_first_authority_is_valid_passes_through_unchanged() {
+        let mut client = Encoder::new();
+        let mut input = PREFACE.to_vec();
+        for stream in [1u32, 3] {
+            let req = request(b"localhost");
+            let block = client.encode(req.iter().map(|(n, v)| (&n[..], &v[..])));
+            input.extend(frame(FRAME_HEADERS, FLAG_END_HEADERS, stream, &block));
+            input.extend(frame(0x0, FLAG_END_STREAM, stream, b"\0\0\0\0\x02hi"));
+        }
+        assert_eq!(forward(input.clone()).await.unwrap(), input);
+    }
+
+    #[tokio::test]
+    async fn not_http2_passes_through_for_the_server_to_refuse() {
+        let out = forward(b"GET / HTTP/1.1\r\n\r\n".to_vec()).await.unwrap();
+        assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use clap::ValueEnum;
-use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tonic::transport::Server;
 use tonic::transport::server::Connected;
@@ -208,23 +208,12 @@ fn incoming(listener: UnixListener) -> impl futures::Stream<Item = std::io::Resu
     })
 }
 
-fn shim(stream: UnixStream) -> ShimmedConn {
-    let (ours, theirs) = tokio::io::duplex(64 * 1024);
-    let (client_read, mut client_write) = stream.into_split();
-    let (mut server_read, server_write) = tokio::io::split(ours);
-    tokio::spawn(async move {
-        if let Err(e) = h2_authority::forward_client_frames(client_read, server_write).await {
-            tracing::debug!(error = %e, "KMS connection closed");
-        }
-    });
-    tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
-    });
-    ShimmedConn(theirs)
-}
+/// An accepted connection as the gRPC server sees it (see `h2_authority`).
+pub struct ShimmedConn(h2_authority::FixedConn<UnixStream>);
 
-/// The server's end of a shimmed connection.
-pub struct ShimmedConn(DuplexStream);
+fn shim(stream: UnixStream) -> ShimmedConn {
+    ShimmedConn(h2_authority::FixedConn::new(stream))
+}
 
 impl Connected for ShimmedConn {
     type ConnectInfo = ();
@@ -248,6 +237,16 @@ impl AsyncWrite for ShimmedConn {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_flush(cx)

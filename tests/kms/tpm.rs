@@ -1,59 +1,16 @@
 //! The TPM provider against a real software TPM (swtpm): keys sealed to one TPM survive plugin
 //! restarts, are useless on another TPM, rotate, and honour a PCR policy.
 
-use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use phylax::kms::proto::v2;
 
 use crate::plugin::{self, Workdir};
+use crate::support::free_port;
 use crate::support::process::{binary, run};
-use crate::support::wait::wait_for;
-use crate::support::{free_port, keeper};
-
-/// One swtpm process with its own state directory (its own endorsement and owner seeds).
-struct Swtpm {
-    child: Child,
-    port: u16,
-}
-
-impl Swtpm {
-    async fn start(state: PathBuf) -> Swtpm {
-        std::fs::create_dir_all(&state).expect("swtpm state dir");
-        // The swtpm TCTI finds the control channel at the server port + 1.
-        let port = (0..50)
-            .map(|_| free_port())
-            .find(|p| *p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok())
-            .expect("two adjacent free ports");
-        let ctrl = port + 1;
-        let mut cmd = Command::new("swtpm");
-        cmd.args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
-            .arg(format!("--tpmstate=dir={}", state.display()))
-            .arg(format!("--server=type=tcp,port={port},bindaddr=127.0.0.1"))
-            .arg(format!("--ctrl=type=tcp,port={ctrl},bindaddr=127.0.0.1"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        let child = keeper::spawn(cmd).expect("start swtpm (apt-get install swtpm)");
-        wait_for("swtpm to listen", Duration::from_secs(10), || async {
-            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
-        })
-        .await;
-        Swtpm { child, port }
-    }
-
-    fn tcti(&self) -> String {
-        format!("swtpm:host=127.0.0.1,port={}", self.port)
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::support::swtpm::Swtpm;
 
 fn tpm_flags(tpm: &Swtpm, keys: &[&PathBuf], extra: &[&str]) -> Vec<String> {
     let mut flags = vec!["--provider=tpm".to_owned(), format!("--tpm-tcti={}", tpm.tcti())];

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod control_plane;
 pub mod keeper;
 pub mod process;
+pub mod swtpm;
 pub mod wait;
 
 /// A free TCP port on loopback (bound and released; a port race with another process is possible
