@@ -448,8 +448,8 @@ mod tests {
         let mut via_conn = Vec::new();
         let read = tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut via_conn).await;
         assert_eq!(read.is_ok(), whole.is_ok());
-        if whole.is_ok() {
-            assert_eq!(&via_conn, whole.as_ref().unwrap());
+        if let Ok(expected) = &whole {
+            assert_eq!(&via_conn, expected);
         }
         whole
     }
