@@ -135,6 +135,23 @@ pub enum Parsed {
     Error(String),
 }
 
+/// Control characters from the command line (a newline in an argument) shown escaped, so the
+/// error stays one line.
+fn one_line(msg: String) -> String {
+    if !msg.chars().any(char::is_control) {
+        return msg;
+    }
+    msg.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Parses the process arguments, applying busybox-style dispatch on the executable's name.
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Parsed {
     let mut args: Vec<OsString> = args.into_iter().collect();
@@ -167,12 +184,12 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Parsed {
             clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
                 Parsed::Usage(e.render().to_string())
             }
-            clap::error::ErrorKind::InvalidSubcommand => Parsed::Error(format!(
+            clap::error::ErrorKind::InvalidSubcommand => Parsed::Error(one_line(format!(
                 "unknown command '{}'; roles in this build: {}; other commands: version, crd, manifests (see 'phylax --help')",
                 first_positional(&args).unwrap_or_default(),
                 Role::compiled_names().join(", ")
-            )),
-            _ => Parsed::Error(one_line_clap_error(&e, first_positional(&args))),
+            ))),
+            _ => Parsed::Error(one_line(one_line_clap_error(&e, first_positional(&args)))),
         },
     }
 }
@@ -262,6 +279,20 @@ mod tests {
         assert!(msg.contains("unknown command 'frobnicate'"), "{msg}");
         for role in Role::compiled_names() {
             assert!(msg.contains(role), "{msg}");
+        }
+    }
+
+    #[test]
+    fn arguments_with_newlines_still_give_one_line() {
+        for args in [
+            &["\u{7}", "\n"][..],
+            &["phylax", "version", "--x\ny"],
+            &["phylax", "a\rb"],
+        ] {
+            let Parsed::Error(msg) = parse_strs(args) else {
+                panic!("expected an error for {args:?}")
+            };
+            assert!(!msg.contains('\n') && !msg.contains('\r'), "{msg:?}");
         }
     }
 

@@ -16,7 +16,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::http::uri::Authority;
-use loona_hpack::{Decoder, Encoder};
+use std::borrow::Cow;
+
+use loona_hpack::huffman::HuffmanDecoder;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -44,8 +46,6 @@ fn protocol_error(what: &str) -> io::Error {
 /// authority is fixed. It keeps the client's and the server's HPACK state in step.
 pub struct Rewriter {
     state: State,
-    decoder: Decoder<'static>,
-    encoder: Encoder<'static>,
     /// A header block waiting for its CONTINUATION frames.
     pending: Option<PendingBlock>,
     /// Whether header blocks are being re-encoded (decided by the first request).
@@ -69,13 +69,8 @@ struct PendingBlock {
 
 impl Default for Rewriter {
     fn default() -> Self {
-        let mut decoder = Decoder::new();
-        // The server advertises no larger table (h2's default is 4096); this is a safety bound.
-        decoder.set_max_allowed_table_size(64 * 1024);
         Rewriter {
             state: State::Preface,
-            decoder,
-            encoder: Encoder::new(),
             pending: None,
             rewriting: false,
         }
@@ -183,25 +178,18 @@ impl Rewriter {
     }
 
     fn emit_block(&mut self, b: PendingBlock, out: &mut Vec<u8>) -> io::Result<()> {
-        let mut headers = self
-            .decoder
-            .decode(&b.block)
-            .map_err(|e| protocol_error(&format!("undecodable header block ({e:?})")))?;
-        let fixed = fix_authority(&mut headers);
+        let mut spliced = Vec::with_capacity(b.block.len() + 8);
+        let fixed = splice_block(&b.block, &mut spliced)?;
         if !fixed && !self.rewriting {
             // A client that sends a valid authority on its first request (API servers from 1.32,
             // grpc clients with a proper target) keeps it: from here on its bytes pass through
-            // untouched, and the server's HPACK state is the client's own.
+            // without being parsed.
             write_header_block(out, b.flags, b.stream, b.priority, &b.block);
             self.state = State::Passthrough;
             return Ok(());
         }
-        // Once one block is re-encoded, the server's HPACK state is ours: re-encode every block.
         self.rewriting = true;
-        let mut encoded = Vec::with_capacity(b.block.len() + 16);
-        self.encoder
-            .encode_into(headers.iter().map(|(n, v)| (&n[..], &v[..])), &mut encoded)?;
-        write_header_block(out, b.flags, b.stream, b.priority, &encoded);
+        write_header_block(out, b.flags, b.stream, b.priority, &spliced);
         Ok(())
     }
 
@@ -298,17 +286,114 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FixedConn<S> {
     }
 }
 
-/// Replaces an authority that is not a valid URI authority (a socket path) with `localhost`;
-/// true if it did.
-pub fn fix_authority(headers: &mut [(Vec<u8>, Vec<u8>)]) -> bool {
+/// Copies one HPACK header block (RFC 7541), representation by representation, changing only a
+/// literal `:authority` whose value is not a valid URI authority: that value is replaced by a valid
+/// one of the same length (`x` repeated). Every table entry then has the same size on both sides,
+/// so the server's dynamic table stays identical to the client's and nothing else needs decoding;
+/// later requests that refer to the entry by index get the valid value. Returns whether it fixed
+/// anything.
+///
+/// Only the static `:authority` name (index 1) and a literal name are recognised; a client that
+/// names `:authority` through a dynamic-table entry is passed through unchanged (Go's and Rust's
+/// HPACK encoders always use the static name).
+pub fn splice_block(block: &[u8], out: &mut Vec<u8>) -> io::Result<bool> {
     let mut fixed = false;
-    for (name, value) in headers.iter_mut() {
-        if name.as_slice() == b":authority" && Authority::try_from(value.as_slice()).is_err() {
-            *value = b"localhost".to_vec();
-            fixed = true;
+    let mut rest = block;
+    while let Some(&first) = rest.first() {
+        let used = if first & 0x80 != 0 {
+            hpack_int(rest, 7)?.1 // indexed field
+        } else if first & 0xe0 == 0x20 {
+            hpack_int(rest, 5)?.1 // dynamic table size update
+        } else {
+            // A literal: with incremental indexing (01), without indexing (0000), never indexed (0001).
+            let prefix = if first & 0xc0 == 0x40 { 6 } else { 4 };
+            let (name_index, mut n) = hpack_int(rest, prefix)?;
+            let is_authority = if name_index == 0 {
+                let (huffman, name, used) = hpack_str(&rest[n..])?;
+                n += used;
+                string_value(huffman, name)?.as_ref() == b":authority"
+            } else {
+                name_index == 1
+            };
+            let value_at = n;
+            let (huffman, value, used) = hpack_str(&rest[n..])?;
+            n += used;
+            if is_authority {
+                let value = string_value(huffman, value)?;
+                if !value.is_empty() && Authority::try_from(value.as_ref()).is_err() {
+                    out.extend_from_slice(&rest[..value_at]);
+                    put_int(out, 0x00, 7, value.len());
+                    out.resize(out.len() + value.len(), b'x');
+                    fixed = true;
+                    rest = &rest[n..];
+                    continue;
+                }
+            }
+            n
+        };
+        out.extend_from_slice(&rest[..used]);
+        rest = &rest[used..];
+    }
+    Ok(fixed)
+}
+
+/// An integer with an N-bit prefix (RFC 7541 section 5.1): its value and the bytes it took.
+fn hpack_int(buf: &[u8], prefix: u8) -> io::Result<(usize, usize)> {
+    let truncated = || protocol_error("truncated header block");
+    let max = (1usize << prefix) - 1;
+    let value = usize::from(*buf.first().ok_or_else(truncated)?) & max;
+    if value < max {
+        return Ok((value, 1));
+    }
+    let mut value = value;
+    for (i, &b) in buf.iter().enumerate().skip(1) {
+        let shift = 7 * (i - 1);
+        if shift > 28 {
+            return Err(protocol_error("header block integer too large"));
+        }
+        value += usize::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Ok((value, i + 1));
         }
     }
-    fixed
+    Err(truncated())
+}
+
+/// A string literal (RFC 7541 section 5.2): whether it is Huffman-coded, its octets, and the bytes
+/// it took.
+fn hpack_str(buf: &[u8]) -> io::Result<(bool, &[u8], usize)> {
+    let huffman = buf.first().is_some_and(|b| b & 0x80 != 0);
+    let (len, n) = hpack_int(buf, 7)?;
+    let end = n
+        .checked_add(len)
+        .filter(|end| *end <= buf.len())
+        .ok_or_else(|| protocol_error("truncated header block"))?;
+    Ok((huffman, &buf[n..end], end))
+}
+
+fn string_value(huffman: bool, octets: &[u8]) -> io::Result<Cow<'_, [u8]>> {
+    if !huffman {
+        return Ok(Cow::Borrowed(octets));
+    }
+    HuffmanDecoder::new()
+        .decode(octets)
+        .map(Cow::Owned)
+        .map_err(|e| protocol_error(&format!("bad Huffman string in a header block ({e})")))
+}
+
+fn put_int(out: &mut Vec<u8>, first_bits: u8, prefix: u8, value: usize) {
+    let max = (1usize << prefix) - 1;
+    if value < max {
+        out.push(first_bits | value as u8);
+        return;
+    }
+    out.push(first_bits | max as u8);
+    let mut v = value - max;
+    while v >= 0x80 {
+        out.push((v & 0x7f) as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
 }
 
 /// Splits a HEADERS payload into its priority fields (if any) and header block fragment, without
@@ -367,6 +452,7 @@ fn write_header_block(out: &mut Vec<u8>, flags: u8, stream: u32, priority: Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use loona_hpack::{Decoder, Encoder};
 
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
@@ -469,7 +555,17 @@ mod tests {
         let (frames, blocks) = server_view(&forward(input).await.unwrap());
         assert_eq!(blocks.len(), 2);
         for block in &blocks {
-            assert_eq!(block[3], (b":authority".to_vec(), b"localhost".to_vec()));
+            assert_eq!(block[3].0, b":authority");
+            assert!(
+                Authority::try_from(block[3].1.as_slice()).is_ok(),
+                "{:?}",
+                block[3]
+            );
+            assert_eq!(
+                block[3].1.len(),
+                b"/run/phylax/kms.sock".len(),
+                "same size in the table"
+            );
             assert_eq!(block[2].1, b"/v1beta1.KeyManagementService/Encrypt");
         }
         assert_eq!(
@@ -549,6 +645,40 @@ mod tests {
             input.extend(frame(0x0, FLAG_END_STREAM, stream, b"\0\0\0\0\x02hi"));
         }
         assert_eq!(forward(input.clone()).await.unwrap(), input);
+    }
+
+    #[test]
+    fn splice_reads_huffman_and_multi_byte_integers() {
+        // RFC 7541 C.4.1: `:authority: www.example.com`, Huffman-coded, incremental indexing.
+        let huffman = [
+            0x41, 0x8c, 0xf1, 0xe3, 0xc2, 0xe5, 0xf2, 0x3a, 0x6b, 0xa0, 0xab, 0x90, 0xf4, 0xff,
+        ];
+        let mut out = Vec::new();
+        assert!(
+            !splice_block(&huffman, &mut out).unwrap(),
+            "a valid authority is kept"
+        );
+        assert_eq!(out, huffman);
+
+        // A raw socket path longer than 127 bytes (a multi-byte length), without indexing.
+        let path = format!("/{}", "p".repeat(150));
+        let mut block = vec![0x01];
+        put_int(&mut block, 0x00, 7, path.len());
+        block.extend_from_slice(path.as_bytes());
+        block.push(0x82); // :method GET, indexed
+        let mut out = Vec::new();
+        assert!(splice_block(&block, &mut out).unwrap());
+        let headers = Decoder::new().decode(&out).unwrap();
+        assert_eq!(headers[0], (b":authority".to_vec(), vec![b'x'; path.len()]));
+        assert_eq!(headers[1], (b":method".to_vec(), b"GET".to_vec()));
+
+        for bad in [
+            &[0x41, 0x85, 0xff][..],
+            &[0x7f][..],
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01][..],
+        ] {
+            assert!(splice_block(bad, &mut Vec::new()).is_err(), "{bad:?}");
+        }
     }
 
     #[tokio::test]
