@@ -11,7 +11,7 @@ use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
 use phylax::kms::proto::v2;
 use tonic::Code;
 
-use crate::plugin::{self, Workdir};
+use crate::plugin::{self, Workdir, decrypt, encrypt, stop};
 use crate::support::process::Phylax;
 use crate::support::wait::wait_for;
 use crate::support::{free_port, keeper};
@@ -103,39 +103,6 @@ async fn start(work: &Workdir, moto: &Moto, key: &str, extra: &[&str]) -> Phylax
     let mut p = plugin::spawn_env(work, &flags, &aws_env());
     p.wait_ready(Duration::from_secs(30)).await;
     p
-}
-
-async fn encrypt(
-    client: &mut plugin::V2Client,
-    plaintext: &[u8],
-) -> Result<v2::EncryptResponse, tonic::Status> {
-    client
-        .encrypt(v2::EncryptRequest {
-            plaintext: plaintext.to_vec(),
-            uid: "aws-test".into(),
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn decrypt(
-    client: &mut plugin::V2Client,
-    sealed: &v2::EncryptResponse,
-) -> Result<Vec<u8>, tonic::Status> {
-    client
-        .decrypt(v2::DecryptRequest {
-            ciphertext: sealed.ciphertext.clone(),
-            uid: "aws-test".into(),
-            key_id: sealed.key_id.clone(),
-            annotations: sealed.annotations.clone(),
-        })
-        .await
-        .map(|r| r.into_inner().plaintext)
-}
-
-async fn stop(mut p: Phylax) {
-    p.signal(libc::SIGTERM);
-    assert!(p.wait_exit(Duration::from_secs(10)).await.success());
 }
 
 #[tokio::test]

@@ -110,3 +110,44 @@ pub async fn metric_lines(plugin: &Phylax, name: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// KMS v2 Encrypt with a test uid.
+pub async fn encrypt(client: &mut V2Client, plaintext: &[u8]) -> Result<v2::EncryptResponse, tonic::Status> {
+    client
+        .encrypt(v2::EncryptRequest {
+            plaintext: plaintext.to_vec(),
+            uid: "test".into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// KMS v2 Decrypt of what Encrypt returned (ciphertext, key id and annotations as given).
+pub async fn decrypt(client: &mut V2Client, sealed: &v2::EncryptResponse) -> Result<Vec<u8>, tonic::Status> {
+    client
+        .decrypt(v2::DecryptRequest {
+            ciphertext: sealed.ciphertext.clone(),
+            uid: "test".into(),
+            key_id: sealed.key_id.clone(),
+            annotations: sealed.annotations.clone(),
+        })
+        .await
+        .map(|r| r.into_inner().plaintext)
+}
+
+pub async fn status(client: &mut V2Client) -> v2::StatusResponse {
+    client
+        .status(v2::StatusRequest {})
+        .await
+        .expect("Status")
+        .into_inner()
+}
+
+/// SIGTERM, and a clean exit.
+pub async fn stop(mut plugin: Phylax) {
+    plugin.signal(libc::SIGTERM);
+    assert!(
+        plugin.wait_exit(Duration::from_secs(10)).await.success(),
+        "the plugin did not stop cleanly"
+    );
+}

@@ -3,11 +3,8 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
-use phylax::kms::proto::v2;
-
-use crate::plugin::{self, Workdir};
+use crate::plugin::{self, Workdir, decrypt, encrypt, status, stop};
 use crate::support::free_port;
 use crate::support::process::{binary, run};
 use crate::support::swtpm::Swtpm;
@@ -41,45 +38,6 @@ fn refused(work: &Workdir, flags: &[String]) -> String {
     errors[0].to_owned()
 }
 
-async fn encrypt(client: &mut plugin::V2Client, plaintext: &[u8]) -> v2::EncryptResponse {
-    client
-        .encrypt(v2::EncryptRequest {
-            plaintext: plaintext.to_vec(),
-            uid: "tpm-test".into(),
-        })
-        .await
-        .expect("Encrypt")
-        .into_inner()
-}
-
-async fn decrypt(
-    client: &mut plugin::V2Client,
-    sealed: &v2::EncryptResponse,
-) -> Result<Vec<u8>, tonic::Status> {
-    client
-        .decrypt(v2::DecryptRequest {
-            ciphertext: sealed.ciphertext.clone(),
-            uid: "tpm-test".into(),
-            key_id: sealed.key_id.clone(),
-            annotations: sealed.annotations.clone(),
-        })
-        .await
-        .map(|r| r.into_inner().plaintext)
-}
-
-async fn status(client: &mut plugin::V2Client) -> v2::StatusResponse {
-    client
-        .status(v2::StatusRequest {})
-        .await
-        .expect("Status")
-        .into_inner()
-}
-
-async fn stop(mut p: crate::support::process::Phylax) {
-    p.signal(libc::SIGTERM);
-    assert!(p.wait_exit(Duration::from_secs(10)).await.success());
-}
-
 #[tokio::test]
 async fn a_sealed_key_survives_restarts_rotates_and_is_useless_on_another_tpm() {
     let work = Workdir::new();
@@ -92,7 +50,7 @@ async fn a_sealed_key_survives_restarts_rotates_and_is_useless_on_another_tpm() 
     assert_eq!(st.healthz, "ok");
     assert!(st.key_id.starts_with("tpm:"), "{}", st.key_id);
     let dek: [u8; 32] = rand::random();
-    let old = encrypt(&mut client, &dek).await;
+    let old = encrypt(&mut client, &dek).await.expect("Encrypt");
     assert_eq!(old.key_id, st.key_id);
     stop(p).await;
 
@@ -124,7 +82,7 @@ async fn a_sealed_key_survives_restarts_rotates_and_is_useless_on_another_tpm() 
     let rotated = status(&mut client).await.key_id;
     assert_ne!(rotated, old.key_id, "the key id changes when the key rotates");
     assert_eq!(decrypt(&mut client, &old).await.expect("old ciphertext"), dek);
-    let new = encrypt(&mut client, &dek).await;
+    let new = encrypt(&mut client, &dek).await.expect("Encrypt");
     assert_eq!(new.key_id, rotated);
     let info = plugin::metric_lines(&p, "phylax_kms_key_info").await;
     assert_eq!(
@@ -153,7 +111,7 @@ async fn a_pcr_bound_key_unseals_only_while_the_pcrs_are_unchanged() {
     .await;
     let mut client = plugin::v2_client(&work.socket()).await;
     let dek: [u8; 32] = rand::random();
-    let sealed = encrypt(&mut client, &dek).await;
+    let sealed = encrypt(&mut client, &dek).await.expect("Encrypt");
     stop(p).await;
 
     let p = start(&work, &tpm_flags(&tpm, &[&key], &[])).await;

@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
-use phylax::kms::proto::v2;
 use tonic::Code;
 
-use crate::plugin::{self, Workdir};
+use crate::plugin::{self, Workdir, decrypt, encrypt, status};
 use crate::support::process::Phylax;
 use crate::support::wait::wait_for;
 use crate::vault_double::{Mode, VaultDouble};
@@ -30,42 +29,6 @@ async fn start(work: &Workdir, vault: &VaultDouble, extra: &[&str]) -> Phylax {
     flags.extend(extra.iter().map(|s| (*s).to_owned()));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     plugin::start_with(work, &flags).await
-}
-
-async fn encrypt(
-    client: &mut plugin::V2Client,
-    plaintext: &[u8],
-) -> Result<v2::EncryptResponse, tonic::Status> {
-    client
-        .encrypt(v2::EncryptRequest {
-            plaintext: plaintext.to_vec(),
-            uid: "vault-test".into(),
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn decrypt(
-    client: &mut plugin::V2Client,
-    sealed: &v2::EncryptResponse,
-) -> Result<Vec<u8>, tonic::Status> {
-    client
-        .decrypt(v2::DecryptRequest {
-            ciphertext: sealed.ciphertext.clone(),
-            uid: "vault-test".into(),
-            key_id: sealed.key_id.clone(),
-            annotations: sealed.annotations.clone(),
-        })
-        .await
-        .map(|r| r.into_inner().plaintext)
-}
-
-async fn status(client: &mut plugin::V2Client) -> v2::StatusResponse {
-    client
-        .status(v2::StatusRequest {})
-        .await
-        .expect("Status")
-        .into_inner()
 }
 
 #[tokio::test]

@@ -12,7 +12,6 @@
 //! identity, profile, instance metadata). IAM needs `kms:Encrypt` and `kms:Decrypt` on the key.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
@@ -64,7 +63,7 @@ pub struct AwsProvider {
     context: HashMap<String, String>,
     /// Where calls go, for error messages.
     target: String,
-    last_key_id: Mutex<Option<String>>,
+    last_key_id: super::LatestKeyId,
 }
 
 impl AwsProvider {
@@ -109,7 +108,7 @@ impl AwsProvider {
             key,
             context,
             target,
-            last_key_id: Mutex::new(None),
+            last_key_id: Default::default(),
         })
     }
 
@@ -159,12 +158,7 @@ impl KeyProvider for AwsProvider {
     }
 
     fn key_ids(&self) -> Vec<String> {
-        self.last_key_id
-            .lock()
-            .ok()
-            .and_then(|k| k.clone())
-            .into_iter()
-            .collect()
+        self.last_key_id.ids()
     }
 
     async fn encrypt(&self, plaintext: &[u8]) -> Result<Sealed, ProviderError> {
@@ -183,14 +177,7 @@ impl KeyProvider for AwsProvider {
             ));
         };
         let key_id = format!("aws:{arn}");
-        if let Ok(mut last) = self.last_key_id.lock()
-            && last.as_deref() != Some(key_id.as_str())
-        {
-            if last.is_some() {
-                tracing::info!(key_id = %key_id, "AWS KMS key changed (alias re-pointed or key replaced)");
-            }
-            *last = Some(key_id.clone());
-        }
+        self.last_key_id.observe(&key_id);
         Ok(Sealed {
             ciphertext: blob.into_inner(),
             key_id,

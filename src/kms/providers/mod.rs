@@ -52,6 +52,35 @@ pub trait KeyProvider: Send + Sync + 'static {
     ) -> Result<Zeroizing<Vec<u8>>, ProviderError>;
 }
 
+/// The key id a remote key service (Vault, AWS) last encrypted with: such services rotate on
+/// their own, and the plugin learns of it from the next Encrypt.
+#[cfg(any(feature = "vault", feature = "aws"))]
+#[derive(Debug, Default)]
+pub(crate) struct LatestKeyId(std::sync::Mutex<Option<String>>);
+
+#[cfg(any(feature = "vault", feature = "aws"))]
+impl LatestKeyId {
+    /// Records the key id an Encrypt reported, logging when it changes.
+    pub(crate) fn observe(&self, key_id: &str) {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_deref() != Some(key_id) {
+            if last.is_some() {
+                tracing::info!(key_id = %key_id, "the key service now encrypts with another key");
+            }
+            *last = Some(key_id.to_owned());
+        }
+    }
+
+    pub(crate) fn ids(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .into_iter()
+            .collect()
+    }
+}
+
 /// Plain HTTP to a key service is allowed only on loopback (tests, emulators, a local agent).
 #[cfg(any(feature = "vault", feature = "aws"))]
 pub(crate) fn is_loopback(host: &str) -> bool {

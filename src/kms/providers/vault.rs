@@ -10,7 +10,7 @@
 //! `<mount>/decrypt/<key>`.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -78,7 +78,7 @@ pub struct VaultProvider {
     cfg: Config,
     current: RwLock<CurrentClient>,
     /// Last key id seen on a ciphertext from Encrypt.
-    last_key_id: Mutex<Option<String>>,
+    last_key_id: super::LatestKeyId,
 }
 
 impl VaultProvider {
@@ -129,7 +129,7 @@ impl VaultProvider {
         Ok(VaultProvider {
             cfg,
             current: RwLock::new(first),
-            last_key_id: Mutex::new(None),
+            last_key_id: Default::default(),
         })
     }
 }
@@ -265,12 +265,7 @@ impl KeyProvider for VaultProvider {
     }
 
     fn key_ids(&self) -> Vec<String> {
-        self.last_key_id
-            .lock()
-            .ok()
-            .and_then(|k| k.clone())
-            .into_iter()
-            .collect()
+        self.last_key_id.ids()
     }
 
     async fn encrypt(&self, plaintext: &[u8]) -> Result<Sealed, ProviderError> {
@@ -283,14 +278,7 @@ impl KeyProvider for VaultProvider {
         let version = ciphertext_version(response.ciphertext.as_bytes())
             .map_err(|why| ProviderError::Unavailable(format!("Vault returned an unexpected {why}")))?;
         let key_id = self.key_id_for(version);
-        if let Ok(mut last) = self.last_key_id.lock()
-            && last.as_deref() != Some(key_id.as_str())
-        {
-            if last.is_some() {
-                tracing::info!(key_id = %key_id, "Vault Transit key rotated");
-            }
-            *last = Some(key_id.clone());
-        }
+        self.last_key_id.observe(&key_id);
         Ok(Sealed {
             ciphertext: response.ciphertext.into_bytes(),
             key_id,
