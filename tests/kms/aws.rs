@@ -278,19 +278,10 @@ async fn a_missing_key_or_unreachable_endpoint_is_unavailable_with_what_to_do() 
 #[test]
 fn configuration_mistakes_are_clear_errors() {
     let work = Workdir::new();
-    let bin = crate::support::process::binary();
-    let listen = format!("--listen=unix://{}", work.socket().display());
     let run = |extra: &[&str]| {
-        let mut args = vec![
-            "kms-plugin",
-            "--admin-addr=127.0.0.1:0",
-            &listen,
-            "--provider=aws",
-        ];
-        args.extend_from_slice(extra);
-        let (code, _, err) = crate::support::process::run(&bin, &args);
-        assert_ne!(code, 0, "{err}");
-        err
+        let mut flags = vec!["--provider=aws"];
+        flags.extend_from_slice(extra);
+        plugin::refused(&work, &flags)
     };
     assert!(run(&[]).contains("--aws-kms-key"));
     let err = run(&[

@@ -151,3 +151,17 @@ pub async fn stop(mut plugin: Phylax) {
         "the plugin did not stop cleanly"
     );
 }
+
+/// Runs the plugin with these flags expecting it to refuse to start: a non-zero exit, no panic,
+/// and exactly one `error:` line, which is returned.
+pub fn refused(work: &Workdir, flags: &[impl AsRef<str>]) -> String {
+    let listen = format!("--listen=unix://{}", work.socket().display());
+    let mut args = vec!["kms-plugin", "--admin-addr=127.0.0.1:0", &listen];
+    args.extend(flags.iter().map(AsRef::as_ref));
+    let (code, _, err) = crate::support::process::run(&crate::support::process::binary(), &args);
+    assert_ne!(code, 0, "the plugin must refuse to start: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    errors[0].to_owned()
+}

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::plugin::{self, Workdir, decrypt, encrypt, status, stop};
+use crate::plugin::{self, Workdir, decrypt, encrypt, refused, status, stop};
 use crate::support::free_port;
 use crate::support::process::{binary, run};
 use crate::support::swtpm::Swtpm;
@@ -19,23 +19,6 @@ fn tpm_flags(tpm: &Swtpm, keys: &[&PathBuf], extra: &[&str]) -> Vec<String> {
 async fn start(work: &Workdir, flags: &[String]) -> crate::support::process::Phylax {
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     plugin::start_with(work, &flags).await
-}
-
-/// Runs the plugin expecting it to refuse to start; returns its one-line error.
-fn refused(work: &Workdir, flags: &[String]) -> String {
-    let mut args = vec![
-        "kms-plugin".to_owned(),
-        "--admin-addr=127.0.0.1:0".to_owned(),
-        format!("--listen=unix://{}", work.socket().display()),
-    ];
-    args.extend(flags.iter().cloned());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, _, err) = run(&binary(), &args);
-    assert_eq!(code, 1, "the plugin must refuse to start: {err}");
-    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    errors[0].to_owned()
 }
 
 #[tokio::test]

@@ -182,19 +182,10 @@ async fn a_sealed_or_hanging_vault_fails_fast_and_the_plugin_recovers() {
 #[tokio::test]
 async fn configuration_mistakes_are_clear_errors() {
     let work = Workdir::new();
-    let bin = crate::support::process::binary();
-    let listen = format!("--listen=unix://{}", work.socket().display());
     let run = |extra: &[&str]| {
-        let mut args = vec![
-            "kms-plugin",
-            "--admin-addr=127.0.0.1:0",
-            &listen,
-            "--provider=vault",
-        ];
-        args.extend_from_slice(extra);
-        let (code, _, err) = crate::support::process::run(&bin, &args);
-        assert_eq!(code, 1, "{err}");
-        err
+        let mut flags = vec!["--provider=vault"];
+        flags.extend_from_slice(extra);
+        plugin::refused(&work, &flags)
     };
     assert!(run(&[]).contains("--vault-addr"));
     assert!(run(&["--vault-addr=http://127.0.0.1:8200"]).contains("--vault-key"));
