@@ -252,11 +252,11 @@ fn invalid_log_filter_is_a_clear_error() {
 }
 
 /// A role without its function yet still runs the shared runtime honestly: JSON logs that say so,
-/// ready, metrics, and a clean exit on SIGTERM. (The kms-plugin has its function now; tests/kms
-/// covers its runtime behaviour with real keys.)
+/// ready, metrics, and a clean exit on SIGTERM. (The kms-plugin and webhook have their functions
+/// now; tests/kms and tests/webhook cover their runtime behaviour.)
 #[tokio::test]
 async fn runtime_serves_admin_endpoints_and_stops_on_sigterm() {
-    for role in ["webhook", "node-agent", "tokenizer"] {
+    for role in ["node-agent", "tokenizer"] {
         let mut p = Phylax::start(role, &[], None);
         p.wait_ready(Duration::from_secs(20)).await;
         assert_eq!(p.admin_get("/livez").await, Some((200, "ok\n".into())));

@@ -11,7 +11,8 @@ use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, Deployment, Deploymen
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Namespace,
     ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Toleration,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
+    Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role as RbacRole, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -88,15 +89,11 @@ pub fn manifests(args: &ManifestArgs) -> anyhow::Result<Vec<Value>> {
     )))?;
     push(serde_json::to_value(admin_service(ns, Role::Operator)))?;
 
-    // webhook: no API access needed yet.
+    // webhook: no API access needed yet. Its serving certificate comes from the Secret
+    // `phylax-webhook-tls` (kubernetes.io/tls), re-read when the kubelet updates the volume.
     push(serde_json::to_value(service_account(ns, Role::Webhook, false)))?;
-    push(serde_json::to_value(deployment(
-        ns,
-        &args.image,
-        Role::Webhook,
-        2,
-        &[],
-    )))?;
+    push(serde_json::to_value(webhook_deployment(ns, &args.image)))?;
+    push(serde_json::to_value(webhook_service(ns)))?;
     push(serde_json::to_value(admin_service(ns, Role::Webhook)))?;
 
     // node-agent: one per node, including control-plane nodes.
@@ -295,6 +292,63 @@ fn deployment(ns: &str, image: &str, role: Role, replicas: i32, extra_args: &[&s
                 ..Default::default()
             },
             template: pod_template(image, role, extra_args),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub const WEBHOOK_TLS_SECRET: &str = "phylax-webhook-tls";
+const WEBHOOK_TLS_DIR: &str = "/etc/phylax/webhook-tls";
+const WEBHOOK_PORT: i32 = 8443;
+
+fn webhook_deployment(ns: &str, image: &str) -> Deployment {
+    let role = Role::Webhook;
+    let listen = format!("--listen-addr=0.0.0.0:{WEBHOOK_PORT}");
+    let tls_dir = format!("--tls-dir={WEBHOOK_TLS_DIR}");
+    let mut d = deployment(ns, image, role, 2, &[&listen, &tls_dir]);
+    if let Some(spec) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        spec.volumes = Some(vec![Volume {
+            name: "tls".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(WEBHOOK_TLS_SECRET.into()),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]);
+        if let Some(c) = spec.containers.first_mut() {
+            c.volume_mounts = Some(vec![VolumeMount {
+                name: "tls".into(),
+                mount_path: WEBHOOK_TLS_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            }]);
+            c.ports.get_or_insert_with(Vec::new).push(ContainerPort {
+                name: Some("https".into()),
+                container_port: WEBHOOK_PORT,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            });
+        }
+    }
+    d
+}
+
+/// The Service the API server calls the webhooks through.
+fn webhook_service(ns: &str) -> Service {
+    let role = Role::Webhook;
+    Service {
+        metadata: meta(ns, &object_name(role), role),
+        spec: Some(ServiceSpec {
+            selector: Some(selector_labels(role)),
+            ports: Some(vec![ServicePort {
+                name: Some("https".into()),
+                port: 443,
+                target_port: Some(IntOrString::String("https".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
             ..Default::default()
         }),
         ..Default::default()

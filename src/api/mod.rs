@@ -2,6 +2,7 @@
 //! deployment manifests rendered from the same code, so what is installed matches what runs.
 
 pub mod manifests;
+pub mod sync_annotation;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 

@@ -1,0 +1,3 @@
+//! Validating webhooks.
+
+pub mod secret_sync;
