@@ -94,6 +94,9 @@ pub fn manifests(args: &ManifestArgs) -> anyhow::Result<Vec<Value>> {
     push(serde_json::to_value(service_account(ns, Role::Webhook, false)))?;
     push(serde_json::to_value(webhook_deployment(ns, &args.image)))?;
     push(serde_json::to_value(webhook_service(ns)))?;
+    if let Some(config) = validating_webhooks(ns) {
+        push(Ok(config))?;
+    }
     push(serde_json::to_value(admin_service(ns, Role::Webhook)))?;
 
     // node-agent: one per node, including control-plane nodes.
@@ -335,6 +338,57 @@ fn webhook_deployment(ns: &str, image: &str) -> Deployment {
     d
 }
 
+/// The ValidatingWebhookConfiguration for every validating webhook, called through the
+/// `phylax-webhook` Service. It leaves out kube-system, Phylax's own namespace and anything
+/// labelled `phylax.dev/webhooks: disabled`. Its `caBundle` is filled in at run time (the
+/// operator, or cert-manager's `cert-manager.io/inject-ca-from` annotation if you prefer).
+fn validating_webhooks(ns: &str) -> Option<Value> {
+    use super::webhooks::{OPT_OUT_LABEL, OPT_OUT_VALUE, TIMEOUT_SECONDS, WEBHOOKS};
+    let hooks: Vec<Value> = WEBHOOKS
+        .iter()
+        .filter(|w| !w.mutating)
+        .map(|w| {
+            let rules: Vec<Value> = w
+                .rules
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "apiGroups": r.groups, "apiVersions": r.versions,
+                        "resources": r.resources, "operations": r.operations, "scope": "*",
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "name": format!("{}.phylax.dev", w.name),
+                "clientConfig": {"service": {"namespace": ns, "name": object_name(Role::Webhook),
+                                             "path": w.path(), "port": 443}},
+                "rules": rules,
+                "failurePolicy": w.failure_policy,
+                "matchPolicy": "Equivalent",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": TIMEOUT_SECONDS,
+                "namespaceSelector": {"matchExpressions": [
+                    {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", ns]},
+                    {"key": OPT_OUT_LABEL, "operator": "NotIn", "values": [OPT_OUT_VALUE]},
+                ]},
+                "objectSelector": {"matchExpressions": [
+                    {"key": OPT_OUT_LABEL, "operator": "NotIn", "values": [OPT_OUT_VALUE]},
+                ]},
+            })
+        })
+        .collect();
+    if hooks.is_empty() {
+        return None;
+    }
+    Some(serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": "phylax", "labels": labels(Some(Role::Webhook))},
+        "webhooks": hooks,
+    }))
+}
+
 /// The Service the API server calls the webhooks through.
 fn webhook_service(ns: &str) -> Service {
     let role = Role::Webhook;
@@ -416,10 +470,30 @@ mod tests {
     fn every_namespaced_object_is_in_the_chosen_namespace() {
         for obj in render_default() {
             let kind = obj["kind"].as_str().unwrap();
-            if kind == "Namespace" || kind == "CustomResourceDefinition" {
+            if matches!(
+                kind,
+                "Namespace" | "CustomResourceDefinition" | "ValidatingWebhookConfiguration"
+            ) {
                 continue;
             }
             assert_eq!(obj["metadata"]["namespace"], "sec", "{kind}");
+        }
+    }
+
+    #[test]
+    fn webhooks_skip_system_namespaces_and_call_the_service() {
+        let objs = render_default();
+        let config = objs
+            .iter()
+            .find(|o| o["kind"] == "ValidatingWebhookConfiguration")
+            .expect("a validating webhook configuration");
+        for hook in config["webhooks"].as_array().unwrap() {
+            let excluded = &hook["namespaceSelector"]["matchExpressions"][0]["values"];
+            assert_eq!(excluded, &serde_json::json!(["kube-system", "sec"]));
+            assert_eq!(hook["clientConfig"]["service"]["namespace"], "sec");
+            assert_eq!(hook["clientConfig"]["service"]["name"], "phylax-webhook");
+            assert!(hook["timeoutSeconds"].as_i64().unwrap() <= 5);
+            assert_eq!(hook["sideEffects"], "None");
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod manifests;
 pub mod sync_annotation;
+pub mod webhooks;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 

@@ -128,3 +128,29 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::webhooks::WEBHOOKS;
+
+    #[test]
+    fn every_served_webhook_is_registered_and_every_registered_one_served() {
+        let served = handlers();
+        for h in &served {
+            let spec = WEBHOOKS.iter().find(|w| w.name == h.name());
+            assert!(
+                spec.is_some_and(|s| s.mutating == h.mutating()),
+                "{} is not in api::webhooks",
+                h.name()
+            );
+        }
+        for spec in WEBHOOKS {
+            assert!(
+                served.iter().any(|h| h.name() == spec.name),
+                "no handler for {}",
+                spec.name
+            );
+        }
+    }
+}
