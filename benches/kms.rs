@@ -114,19 +114,6 @@ async fn measure(client: &plugin::V2Client, method: Method, concurrency: usize, 
     summarize(all, started.elapsed())
 }
 
-/// User + system CPU time the process has used so far.
-fn cpu_time(pid: i32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-    let ticks = field(11) + field(12);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_micros(ticks * 1_000_000 / hz)
-}
-
 async fn socket_bench(provider: &str, flags: &[&str], ops: usize) {
     let work = Workdir::new();
     let p = plugin::start_with(&work, flags).await;
@@ -136,9 +123,9 @@ async fn socket_bench(provider: &str, flags: &[&str], ops: usize) {
     for method in [Method::Encrypt, Method::Decrypt] {
         for concurrency in [1, 16] {
             let n = if concurrency == 1 { ops / 4 } else { ops };
-            let cpu_before = cpu_time(p.pid());
+            let cpu_before = support::process::cpu_time(p.pid());
             let f = measure(&client, method, concurrency, n).await;
-            let cpu = cpu_time(p.pid()) - cpu_before;
+            let cpu = support::process::cpu_time(p.pid()) - cpu_before;
             println!(
                 "| {provider} | {} | {concurrency} | {n} | {:.0} | {:.3} | {:.3} | {:.0} |",
                 match method {
