@@ -80,6 +80,42 @@ pub fn manifests(args: &ManifestArgs) -> anyhow::Result<Vec<Value>> {
         "phylax-operator-leader-election",
         Role::Operator,
     )))?;
+    // operator: the webhook's CA and serving certificate in its own namespace, and the caBundle
+    // of Phylax's webhook configurations.
+    push(serde_json::to_value(RbacRole {
+        metadata: meta(ns, "phylax-operator-webhook-certs", Role::Operator),
+        rules: Some(vec![
+            rule("", "secrets", &["create"], None),
+            PolicyRule {
+                resource_names: Some(WEBHOOK_SECRETS.iter().map(|n| (*n).to_owned()).collect()),
+                ..rule("", "secrets", &["get", "patch"], None)
+            },
+        ]),
+    }))?;
+    push(serde_json::to_value(role_binding(
+        ns,
+        "phylax-operator-webhook-certs",
+        Role::Operator,
+    )))?;
+    push(Ok(serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": "phylax-operator-webhook-ca-bundle", "labels": labels(Some(Role::Operator))},
+        "rules": [{
+            "apiGroups": ["admissionregistration.k8s.io"],
+            "resources": ["validatingwebhookconfigurations", "mutatingwebhookconfigurations"],
+            "verbs": ["get", "patch"],
+            "resourceNames": ["phylax"],
+        }],
+    })))?;
+    push(Ok(serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "phylax-operator-webhook-ca-bundle", "labels": labels(Some(Role::Operator))},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": "phylax-operator-webhook-ca-bundle"},
+        "subjects": [{"kind": "ServiceAccount", "name": object_name(Role::Operator), "namespace": ns}],
+    })))?;
     push(serde_json::to_value(deployment(
         ns,
         &args.image,
@@ -302,6 +338,8 @@ fn deployment(ns: &str, image: &str, role: Role, replicas: i32, extra_args: &[&s
 }
 
 pub const WEBHOOK_TLS_SECRET: &str = "phylax-webhook-tls";
+/// The Secrets the operator keeps for the webhook: its CA and the serving certificate.
+const WEBHOOK_SECRETS: [&str; 2] = ["phylax-webhook-ca", WEBHOOK_TLS_SECRET];
 const WEBHOOK_TLS_DIR: &str = "/etc/phylax/webhook-tls";
 const WEBHOOK_PORT: i32 = 8443;
 
@@ -472,7 +510,11 @@ mod tests {
             let kind = obj["kind"].as_str().unwrap();
             if matches!(
                 kind,
-                "Namespace" | "CustomResourceDefinition" | "ValidatingWebhookConfiguration"
+                "Namespace"
+                    | "CustomResourceDefinition"
+                    | "ValidatingWebhookConfiguration"
+                    | "ClusterRole"
+                    | "ClusterRoleBinding"
             ) {
                 continue;
             }
@@ -533,10 +575,32 @@ mod tests {
             .iter()
             .filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole")
             .collect();
-        assert_eq!(roles.len(), 1);
-        let rules = roles[0]["rules"].as_array().unwrap();
+        assert!(roles.iter().all(|r| {
+            r["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("phylax-operator-")
+        }));
+        let role =
+            |name: &str| roles.iter().find(|r| r["metadata"]["name"] == name).unwrap()["rules"].clone();
         // get/update are pinned to the one lease; create cannot be pinned by name.
-        assert_eq!(rules[1]["resourceNames"][0], OPERATOR_LEASE);
-        assert!(rules.iter().all(|r| r["resources"][0] == "leases"));
+        let lease = role("phylax-operator-leader-election");
+        assert_eq!(lease[1]["resourceNames"][0], OPERATOR_LEASE);
+        assert!(
+            lease
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["resources"][0] == "leases")
+        );
+        // Secrets: only its two webhook Secrets beyond create; webhook configurations: only Phylax's.
+        let secrets = role("phylax-operator-webhook-certs");
+        assert_eq!(
+            secrets[1]["resourceNames"],
+            serde_json::json!(["phylax-webhook-ca", "phylax-webhook-tls"])
+        );
+        let bundle = role("phylax-operator-webhook-ca-bundle");
+        assert_eq!(bundle[0]["resourceNames"], serde_json::json!(["phylax"]));
+        assert_eq!(roles.len(), 3);
     }
 }

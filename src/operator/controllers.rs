@@ -7,10 +7,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::runtime::metrics::Metrics;
 
-pub fn start(_client: Client, _metrics: Metrics, _term: CancellationToken) -> JoinSet<anyhow::Result<()>> {
-    let controllers = JoinSet::new();
-    // No controller is built yet: secret sync, profiles, ephemeral data, tokenization and the
-    // webhook CA each arrive with their own issue.
+pub fn start(
+    client: Client,
+    _metrics: Metrics,
+    term: CancellationToken,
+    settings: &super::Settings,
+) -> JoinSet<anyhow::Result<()>> {
+    let mut controllers = JoinSet::new();
+    // Secret sync, profiles, ephemeral data and tokenization arrive with their own issues.
+    controllers.spawn(super::webhook_ca::run(
+        client,
+        settings.namespace.clone(),
+        settings.webhook_certs.clone(),
+        term,
+    ));
     tracing::info!(controllers = controllers.len(), "leading: controllers started");
     controllers
 }

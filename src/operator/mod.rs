@@ -1,6 +1,7 @@
 //! The `operator` role: every controller, run by the elected leader only.
 
 mod controllers;
+pub mod webhook_ca;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
@@ -20,6 +21,14 @@ pub struct Args {
     pub kube: KubeArgs,
     #[command(flatten)]
     pub leader: LeaderArgs,
+    #[command(flatten)]
+    pub webhook_certs: webhook_ca::WebhookCertArgs,
+}
+
+/// What the controllers need from the command line.
+pub struct Settings {
+    pub namespace: String,
+    pub webhook_certs: webhook_ca::WebhookCertArgs,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -57,8 +66,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         (rx, None)
     };
 
+    let settings = Settings {
+        namespace: args.kube.namespace.clone(),
+        webhook_certs: args.webhook_certs.clone(),
+    };
     rt.run(|shutdown| async move {
-        lead_while_elected(&mut leadership, &leader_known, &client, &metrics, &shutdown).await;
+        lead_while_elected(
+            &mut leadership,
+            &leader_known,
+            &client,
+            &metrics,
+            &settings,
+            &shutdown,
+        )
+        .await;
         election_stop.cancel();
         match election {
             Some(task) => task
@@ -77,6 +98,7 @@ async fn lead_while_elected(
     leader_known: &crate::runtime::admin::ReadyFlag,
     client: &kube::Client,
     metrics: &crate::runtime::metrics::Metrics,
+    settings: &Settings,
     shutdown: &CancellationToken,
 ) {
     loop {
@@ -93,7 +115,7 @@ async fn lead_while_elected(
             }
         }
         let term = CancellationToken::new();
-        let mut running = controllers::start(client.clone(), metrics.clone(), term.clone());
+        let mut running = controllers::start(client.clone(), metrics.clone(), term.clone(), settings);
         // Lead until we stop leading or shut down.
         loop {
             tokio::select! {

@@ -117,7 +117,40 @@ async fn operator_works_with_exactly_its_manifest_rbac() {
         op.logs()
     );
 
-    // Least privilege: nothing beyond the lease.
+    // With exactly that RBAC it keeps the webhook's certificates: both Secrets in its namespace,
+    // and the caBundle of the installed webhook configuration matches the CA it made.
+    let admin_secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let tls = wait_for(
+        "the operator to write the webhook's serving Secret",
+        Duration::from_secs(30),
+        || async { admin_secrets.get_opt("phylax-webhook-tls").await.ok().flatten() },
+    )
+    .await;
+    let bundle = tls
+        .data
+        .as_ref()
+        .and_then(|d| d.get("ca.crt"))
+        .expect("ca.crt")
+        .0
+        .clone();
+    let configs: Api<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration> =
+        Api::all(client.clone());
+    wait_for("the caBundle to be injected", Duration::from_secs(30), || async {
+        let config = configs.get("phylax").await.ok()?;
+        config
+            .webhooks?
+            .iter()
+            .all(|w| w.client_config.ca_bundle.as_ref().map(|b| &b.0) == Some(&bundle))
+            .then_some(())
+    })
+    .await;
+    assert!(
+        !op.has_log("cannot reconcile the webhook certificates"),
+        "{:?}",
+        op.logs()
+    );
+
+    // Least privilege: nothing beyond the lease and its own two Secrets.
     let as_operator = client_for(&kc).await;
     let secrets: Api<Secret> = Api::namespaced(as_operator.clone(), &ns.name);
     match secrets.list(&Default::default()).await {

@@ -26,6 +26,8 @@ use support::cluster::{TestNamespace, cluster};
 use support::process::Phylax;
 use support::wait::wait_for;
 
+mod operator_certs;
+
 struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,
 }
@@ -92,8 +94,8 @@ impl SecretVolume {
     }
 }
 
-async fn start_webhook(tls: &SecretVolume) -> (Phylax, u16) {
-    let port = support::free_port();
+async fn start_webhook(tls: &SecretVolume, port: Option<u16>) -> (Phylax, u16) {
+    let port = port.unwrap_or_else(support::free_port);
     let args = [
         format!("--listen-addr=127.0.0.1:{port}"),
         format!("--tls-dir={}", tls.path().display()),
@@ -106,6 +108,19 @@ async fn start_webhook(tls: &SecretVolume) -> (Phylax, u16) {
 
 /// Registers the secret-sync validation for pods and deployments of `ns` only.
 async fn register(client: &kube::Client, ns: &TestNamespace, port: u16, ca_bundle: &str) -> String {
+    let name = format!("phylax-test-{}", support::random_suffix());
+    register_as(client, ns, port, &name, Some(ca_bundle)).await;
+    name
+}
+
+/// Registers a configuration named `name`, with a caBundle or (for the operator to fill) none.
+async fn register_as(
+    client: &kube::Client,
+    ns: &TestNamespace,
+    port: u16,
+    name: &str,
+    ca_bundle: Option<&str>,
+) {
     let label = format!("phylax.dev/webhook-test-{}", support::random_suffix());
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
@@ -116,7 +131,6 @@ async fn register(client: &kube::Client, ns: &TestNamespace, port: u16, ca_bundl
         )
         .await
         .expect("label namespace");
-    let name = format!("phylax-test-{}", support::random_suffix());
     let mut config: ValidatingWebhookConfiguration = serde_json::from_value(json!({
         "metadata": {"name": name},
         "webhooks": [{
@@ -137,13 +151,12 @@ async fn register(client: &kube::Client, ns: &TestNamespace, port: u16, ca_bundl
     }))
     .expect("webhook configuration");
     for webhook in config.webhooks.iter_mut().flatten() {
-        webhook.client_config.ca_bundle = Some(k8s_openapi::ByteString(ca_bundle.as_bytes().to_vec()));
+        webhook.client_config.ca_bundle = ca_bundle.map(|b| k8s_openapi::ByteString(b.as_bytes().to_vec()));
     }
     Api::<ValidatingWebhookConfiguration>::all(client.clone())
         .create(&PostParams::default(), &config)
         .await
         .expect("create webhook configuration");
-    name
 }
 
 fn pod(name: &str, annotation: Option<&str>) -> Pod {
@@ -193,7 +206,7 @@ async fn the_api_server_refuses_bad_annotations_and_admits_good_ones() {
     let ns = TestNamespace::create(cluster, "webhook").await;
     let ca = Ca::new("webhook-ca");
     let tls = SecretVolume::new(ca.serving());
-    let (webhook, port) = start_webhook(&tls).await;
+    let (webhook, port) = start_webhook(&tls, None).await;
     let config = register(&client, &ns, port, &ca.pem()).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     wait_active(&client, &ns, &pods).await;
@@ -262,7 +275,7 @@ async fn a_rotated_certificate_is_served_without_restart_and_no_request_fails() 
     let ns = TestNamespace::create(cluster, "rotate").await;
     let (old_ca, new_ca) = (Ca::new("webhook-ca-1"), Ca::new("webhook-ca-2"));
     let mut tls = SecretVolume::new(old_ca.serving());
-    let (webhook, port) = start_webhook(&tls).await;
+    let (webhook, port) = start_webhook(&tls, None).await;
     // The overlap period: the API server trusts both CAs while the serving certificate changes.
     let bundle = format!("{}{}", old_ca.pem(), new_ca.pem());
     let config = register(&client, &ns, port, &bundle).await;
