@@ -31,6 +31,18 @@ pub struct ManifestArgs {
     /// Container image holding the phylax binary (entrypoint `phylax`)
     #[arg(long, value_name = "REF", default_value_t = default_image())]
     pub image: String,
+
+    /// Which namespaces and objects Phylax's webhooks review: every one not labelled
+    /// `phylax.dev/webhooks=disabled` (opt-out), or only namespaces labelled
+    /// `phylax.dev/webhooks=enabled` (opt-in)
+    #[arg(long, value_enum, default_value_t = WebhookScope::OptOut)]
+    pub webhooks: WebhookScope,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WebhookScope {
+    OptOut,
+    OptIn,
 }
 
 pub fn default_image() -> String {
@@ -130,7 +142,7 @@ pub fn manifests(args: &ManifestArgs) -> anyhow::Result<Vec<Value>> {
     push(serde_json::to_value(service_account(ns, Role::Webhook, false)))?;
     push(serde_json::to_value(webhook_deployment(ns, &args.image)))?;
     push(serde_json::to_value(webhook_service(ns)))?;
-    if let Some(config) = validating_webhooks(ns) {
+    if let Some(config) = validating_webhooks(ns, args.webhooks) {
         push(Ok(config))?;
     }
     push(serde_json::to_value(admin_service(ns, Role::Webhook)))?;
@@ -380,8 +392,16 @@ fn webhook_deployment(ns: &str, image: &str) -> Deployment {
 /// `phylax-webhook` Service. It leaves out kube-system, Phylax's own namespace and anything
 /// labelled `phylax.dev/webhooks: disabled`. Its `caBundle` is filled in at run time (the
 /// operator, or cert-manager's `cert-manager.io/inject-ca-from` annotation if you prefer).
-fn validating_webhooks(ns: &str) -> Option<Value> {
-    use super::webhooks::{OPT_OUT_LABEL, OPT_OUT_VALUE, TIMEOUT_SECONDS, WEBHOOKS};
+fn validating_webhooks(ns: &str, scope: WebhookScope) -> Option<Value> {
+    use super::webhooks::{OPT_IN_VALUE, OPT_OUT_LABEL, OPT_OUT_VALUE, TIMEOUT_SECONDS, WEBHOOKS};
+    let in_scope = match scope {
+        WebhookScope::OptOut => {
+            serde_json::json!({"key": OPT_OUT_LABEL, "operator": "NotIn", "values": [OPT_OUT_VALUE]})
+        }
+        WebhookScope::OptIn => {
+            serde_json::json!({"key": OPT_OUT_LABEL, "operator": "In", "values": [OPT_IN_VALUE]})
+        }
+    };
     let hooks: Vec<Value> = WEBHOOKS
         .iter()
         .filter(|w| !w.mutating)
@@ -408,7 +428,7 @@ fn validating_webhooks(ns: &str) -> Option<Value> {
                 "timeoutSeconds": TIMEOUT_SECONDS,
                 "namespaceSelector": {"matchExpressions": [
                     {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", ns]},
-                    {"key": OPT_OUT_LABEL, "operator": "NotIn", "values": [OPT_OUT_VALUE]},
+                    in_scope,
                 ]},
                 "objectSelector": {"matchExpressions": [
                     {"key": OPT_OUT_LABEL, "operator": "NotIn", "values": [OPT_OUT_VALUE]},
@@ -500,6 +520,7 @@ mod tests {
         manifests(&ManifestArgs {
             namespace: "sec".into(),
             image: "reg/phylax:t".into(),
+            webhooks: WebhookScope::OptOut,
         })
         .unwrap()
     }
@@ -536,7 +557,26 @@ mod tests {
             assert_eq!(hook["clientConfig"]["service"]["name"], "phylax-webhook");
             assert!(hook["timeoutSeconds"].as_i64().unwrap() <= 5);
             assert_eq!(hook["sideEffects"], "None");
+            assert_eq!(
+                hook["namespaceSelector"]["matchExpressions"][1]["operator"],
+                "NotIn"
+            );
         }
+        let opt_in = manifests(&ManifestArgs {
+            namespace: "sec".into(),
+            image: "reg/phylax:t".into(),
+            webhooks: WebhookScope::OptIn,
+        })
+        .unwrap();
+        let config = opt_in
+            .iter()
+            .find(|o| o["kind"] == "ValidatingWebhookConfiguration")
+            .unwrap();
+        let selector = &config["webhooks"][0]["namespaceSelector"]["matchExpressions"][1];
+        assert_eq!(
+            selector,
+            &serde_json::json!({"key": "phylax.dev/webhooks", "operator": "In", "values": ["enabled"]})
+        );
     }
 
     #[test]

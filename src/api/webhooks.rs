@@ -62,5 +62,7 @@ pub const WEBHOOKS: &[WebhookSpec] = &[WebhookSpec {
 /// Label that takes a namespace or an object out of every Phylax webhook.
 pub const OPT_OUT_LABEL: &str = "phylax.dev/webhooks";
 pub const OPT_OUT_VALUE: &str = "disabled";
+/// With `phylax manifests --webhooks opt-in`, only namespaces labelled `phylax.dev/webhooks: enabled`.
+pub const OPT_IN_VALUE: &str = "enabled";
 /// Seconds the API server waits for an answer (the handlers' own deadline is shorter).
 pub const TIMEOUT_SECONDS: i32 = 5;
