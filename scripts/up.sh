@@ -18,6 +18,44 @@ mkdir -p "$STATE/logs" "$STATE/run"
 cp "$PHYLAX" "$STATE/phylax"
 PHYLAX=$STATE/phylax
 
+alive() { local pf=$STATE/run/$1.pid; [ -f "$pf" ] && [ "$(readlink "/proc/$(cat "$pf")/exe" 2>/dev/null)" = "$PHYLAX" ]; }
+start() { # name role admin-port args...
+  local name=$1 role=$2 port=$3; shift 3
+  if alive "$name"; then echo "   $name already running (pid $(cat "$STATE/run/$name.pid"))"; return; fi
+  setsid nohup "$PHYLAX" "$role" --admin-addr "127.0.0.1:$port" "$@" \
+    >"$STATE/logs/$name.log" 2>&1 </dev/null &
+  echo $! >"$STATE/run/$name.pid"
+}
+wait_ready() { # name port
+  local name=$1 port=$2
+  for _ in $(seq 1 150); do
+    curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return 0
+    alive "$name" || { echo "error: $name exited; its log:" >&2; tail -5 "$STATE/logs/$name.log" >&2; exit 1; }
+    sleep 0.2
+  done
+  return 1
+}
+
+# The KMS plugin first: the API server encrypts Secrets through it from its first write.
+echo "== KMS plugin (key file $STATE/kms.key) and the API server's encryption configuration"
+KMS_SOCKET=$STATE/run/kms.sock
+start kms-plugin kms-plugin 9092 --listen "unix://$KMS_SOCKET" --key-file "$STATE/kms.key" --create-key-file
+wait_ready kms-plugin 9092
+cat >"$STATE/encryption.yaml" <<YAML
+apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources:
+- resources: [secrets]
+  providers:
+  - kms:
+      name: phylax
+      endpoint: unix://$KMS_SOCKET
+      cachesize: 1000
+      timeout: 3s
+  - identity: {}
+YAML
+export ENCRYPTION_PROVIDER_CONFIG=$STATE/encryption.yaml
+
 echo "== control plane"
 if ! "$REPO/tests/control-plane/up.sh" >"$STATE/logs/control-plane.log" 2>&1; then
   if grep -q "already running" "$STATE/logs/control-plane.log"; then
@@ -34,29 +72,40 @@ echo "== installing Phylax's namespace, CRDs and RBAC (phylax manifests | kubect
 "$PHYLAX" manifests --namespace "$NS" | kubectl apply --server-side --field-manager=phylax-up -f - 2>&1 \
   | grep -v -i "version difference\|skew" | sed 's/^/   /'
 
-alive() { local pf=$STATE/run/$1.pid; [ -f "$pf" ] && [ "$(readlink "/proc/$(cat "$pf")/exe" 2>/dev/null)" = "$PHYLAX" ]; }
-start() { # name role admin-port args...
-  local name=$1 role=$2 port=$3; shift 3
-  if alive "$name"; then echo "   $name already running (pid $(cat "$STATE/run/$name.pid"))"; return; fi
-  setsid nohup "$PHYLAX" "$role" --admin-addr "127.0.0.1:$port" "$@" \
-    >"$STATE/logs/$name.log" 2>&1 </dev/null &
-  echo $! >"$STATE/run/$name.pid"
-}
 echo "== starting the roles"
-start operator-a operator 9090 --kubeconfig "$KUBECONFIG_FILE" --namespace "$NS" --identity operator-a
-start operator-b operator 19090 --kubeconfig "$KUBECONFIG_FILE" --namespace "$NS" --identity operator-b
-start webhook webhook 9091
-start kms-plugin kms-plugin 9092
+# The serving certificate also names 127.0.0.1: this control plane has no cluster network, so the
+# API server calls the webhook on loopback instead of through its Service.
+OPERATOR_FLAGS=(--kubeconfig "$KUBECONFIG_FILE" --namespace "$NS" --webhook-cert-extra-name=127.0.0.1 --webhook-certs-resync=5s)
+start operator-a operator 9090 "${OPERATOR_FLAGS[@]}" --identity operator-a
+start operator-b operator 19090 "${OPERATOR_FLAGS[@]}" --identity operator-b
+
+# The kubelet's part, by hand: the serving Secret the operator keeps, copied into a directory.
+echo "== webhook: certificate from the operator, called by the API server on https://127.0.0.1:8443"
+TLS_DIR=$STATE/webhook-tls
+mkdir -p "$TLS_DIR"
+for _ in $(seq 1 150); do
+  kubectl -n "$NS" get secret phylax-webhook-tls >/dev/null 2>&1 && break
+  sleep 0.2
+done
+for key in tls.crt tls.key; do
+  kubectl -n "$NS" get secret phylax-webhook-tls -o "jsonpath={.data.${key//./\\.}}" | base64 -d >"$TLS_DIR/$key.new"
+  mv "$TLS_DIR/$key.new" "$TLS_DIR/$key"
+done
+chmod 600 "$TLS_DIR/tls.key"
+kubectl patch validatingwebhookconfiguration phylax --type=json \
+  -p '[{"op":"replace","path":"/webhooks/0/clientConfig","value":{"url":"https://127.0.0.1:8443/validate/secret-sync"}}]' >/dev/null
+start webhook webhook 9091 --listen-addr 127.0.0.1:8443 --tls-dir "$TLS_DIR"
+# The leading operator puts the caBundle back into the configuration at its next resync.
+for _ in $(seq 1 150); do
+  [ -n "$(kubectl get validatingwebhookconfiguration phylax -o 'jsonpath={.webhooks[0].clientConfig.caBundle}' 2>/dev/null)" ] && break
+  sleep 0.2
+done
 start node-agent node-agent 9093
 start tokenizer tokenizer 9094
 
 for entry in operator-a:9090 operator-b:19090 webhook:9091 kms-plugin:9092 node-agent:9093 tokenizer:9094; do
   name=${entry%%:*}; port=${entry##*:}
-  for _ in $(seq 1 100); do
-    curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
-    alive "$name" || { echo "error: $name exited; its log:" >&2; tail -5 "$STATE/logs/$name.log" >&2; exit 1; }
-    sleep 0.2
-  done
+  wait_ready "$name" "$port" || true
   if curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then
     printf '   %-11s ready   admin http://127.0.0.1:%s  log %s\n' "$name" "$port" "$STATE/logs/$name.log"
   else
@@ -68,11 +117,16 @@ cat <<TXT
 
 Phylax is running against a real Kubernetes 1.20 control plane on 127.0.0.1.
 The Deployments and DaemonSet it installed stay Pending (this control plane has no kubelet); the
-roles run as the local processes above instead. Today the operator elects a leader and the other
-roles serve their admin endpoints; their functions arrive with their issues.
+roles run as the local processes above instead. The API server encrypts Secrets through the KMS
+plugin; the operator keeps the webhook's certificates and caBundle; the webhook validates the
+secrets.phylax.dev/sync annotation. Node agent and tokenizer serve only their admin endpoints.
 
 Try next:
   export KUBECONFIG=$KUBECONFIG_FILE
+  kubectl create secret generic demo --from-literal=password=s3cret
+  ETCDCTL_API=3 $PHYLAX_CONTROL_PLANE_DIR/etcd/usr/bin/etcdctl --endpoints=http://127.0.0.1:\${ETCD_PORT:-12379} \\
+    get /registry/secrets/default/demo --print-value-only | head -c 40; echo   # k8s:enc:kms:v1:phylax:...
+  kubectl run bad --image=busybox --annotations='secrets.phylax.dev/sync=provider: p'   # refused by the webhook
   kubectl -n $NS get lease phylax-operator -o yaml        # who leads
   curl -s 127.0.0.1:9090/metrics | grep leader_is_leader   # 1 on the leader, 0 on the other
   curl -s 127.0.0.1:19090/metrics | grep leader_is_leader
