@@ -15,7 +15,15 @@ echo "== building phylax (release)"
 cargo build --release -q
 PHYLAX=$CARGO_TARGET_DIR/release/phylax
 mkdir -p "$STATE/logs" "$STATE/run"
-cp "$PHYLAX" "$STATE/phylax"
+# The roles run from a copy, so a rebuild does not pull the binary from under them; while any of
+# them runs, the copy stays as it is (scripts/down.sh first to run a new build).
+if cmp -s "$PHYLAX" "$STATE/phylax"; then
+  :
+elif pgrep -f "^$STATE/phylax " >/dev/null; then
+  echo "   roles from an earlier build are running; keeping them (scripts/down.sh, then up.sh, to switch)"
+else
+  cp "$PHYLAX" "$STATE/phylax.new" && mv "$STATE/phylax.new" "$STATE/phylax"
+fi
 PHYLAX=$STATE/phylax
 
 alive() { local pf=$STATE/run/$1.pid; [ -f "$pf" ] && [ "$(readlink "/proc/$(cat "$pf")/exe" 2>/dev/null)" = "$PHYLAX" ]; }
@@ -69,6 +77,8 @@ KUBECONFIG_FILE=$PHYLAX_CONTROL_PLANE_DIR/kubeconfig
 export KUBECONFIG=$KUBECONFIG_FILE
 
 echo "== installing Phylax's namespace, CRDs and RBAC (phylax manifests | kubectl apply)"
+# A previous run pointed the webhook configuration at a URL; the manifests name the Service.
+kubectl delete validatingwebhookconfiguration phylax --ignore-not-found >/dev/null 2>&1 || true
 "$PHYLAX" manifests --namespace "$NS" | kubectl apply --server-side --field-manager=phylax-up -f - 2>&1 \
   | grep -v -i "version difference\|skew" | sed 's/^/   /'
 
