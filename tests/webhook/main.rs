@@ -282,36 +282,8 @@ async fn a_rotated_certificate_is_served_without_restart_and_no_request_fails() 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     wait_active(&client, &ns, &pods).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let mut traffic = Vec::new();
-    for worker in 0..4 {
-        let (pods, stop, ok, failed) = (pods.clone(), stop.clone(), ok.clone(), failed.clone());
-        traffic.push(tokio::spawn(async move {
-            let dry = PostParams {
-                dry_run: true,
-                ..Default::default()
-            };
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                match pods
-                    .create(&dry, &pod(&format!("w{worker}-{i}"), Some(GOOD)))
-                    .await
-                {
-                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        eprintln!("admission failed during rotation: {e}");
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
-        }));
-    }
-    wait_for("traffic before the rotation", Duration::from_secs(30), || async {
-        (ok.load(Ordering::Relaxed) >= 50).then_some(())
-    })
-    .await;
+    let traffic = Traffic::start(&pods, 4);
+    traffic.wait_for_more(50, "traffic before the rotation").await;
 
     tls.update(new_ca.serving());
     // The new certificate is what a fresh TLS client now gets: one that trusts only the new CA
@@ -322,17 +294,9 @@ async fn a_rotated_certificate_is_served_without_restart_and_no_request_fails() 
         || async { handshake(port, &new_ca.pem()).await.then_some(()) },
     )
     .await;
-    let after = ok.load(Ordering::Relaxed) + 50;
-    wait_for("traffic after the rotation", Duration::from_secs(30), || async {
-        (ok.load(Ordering::Relaxed) >= after).then_some(())
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    for t in traffic {
-        t.await.expect("traffic task");
-    }
+    traffic.wait_for_more(50, "traffic after the rotation").await;
     assert_eq!(
-        failed.load(Ordering::Relaxed),
+        traffic.stop().await,
         0,
         "no admission request failed during the rotation"
     );
@@ -349,6 +313,71 @@ async fn a_rotated_certificate_is_served_without_restart_and_no_request_fails() 
         .delete(&config, &DeleteParams::default())
         .await
         .expect("delete configuration");
+}
+
+/// Dry-run Pod creations with a good annotation from `workers` concurrent writers, counting
+/// admissions and failures, until stopped.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(pods: &Api<Pod>, workers: usize) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let tasks = (0..workers)
+            .map(|worker| {
+                let (pods, stop, ok, failed) = (pods.clone(), stop.clone(), ok.clone(), failed.clone());
+                tokio::spawn(async move {
+                    let dry = PostParams {
+                        dry_run: true,
+                        ..Default::default()
+                    };
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        match pods
+                            .create(&dry, &pod(&format!("w{worker}-{i}"), Some(GOOD)))
+                            .await
+                        {
+                            Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                            Err(e) => {
+                                eprintln!("admission failed: {e}");
+                                failed.fetch_add(1, Ordering::Relaxed)
+                            }
+                        };
+                    }
+                })
+            })
+            .collect();
+        Traffic {
+            stop,
+            ok,
+            failed,
+            tasks,
+        }
+    }
+
+    /// Waits until `n` more requests than now have been admitted.
+    async fn wait_for_more(&self, n: usize, what: &str) {
+        let target = self.ok.load(Ordering::Relaxed) + n;
+        wait_for(what, Duration::from_secs(30), || async {
+            (self.ok.load(Ordering::Relaxed) >= target).then_some(())
+        })
+        .await;
+    }
+
+    /// Stops the writers; returns how many requests failed.
+    async fn stop(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.expect("traffic task");
+        }
+        self.failed.load(Ordering::Relaxed)
+    }
 }
 
 /// Whether a TLS client trusting only `ca_pem` completes a handshake with the webhook.

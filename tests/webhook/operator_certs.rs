@@ -2,8 +2,6 @@
 //! injects the caBundle, the webhook serves the certificate from the (kubelet-style) Secret
 //! volume, and a CA rotation forced mid-traffic fails no admission request.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
@@ -15,7 +13,7 @@ use serde_json::json;
 use crate::support::cluster::{TestNamespace, cluster};
 use crate::support::process::Phylax;
 use crate::support::wait::wait_for;
-use crate::{GOOD, SecretVolume, handshake, pod, register_as, start_webhook, wait_active};
+use crate::{SecretVolume, Traffic, handshake, register_as, start_webhook, wait_active};
 
 fn pair(s: &Secret) -> Option<(String, String)> {
     let data = s.data.as_ref()?;
@@ -66,28 +64,8 @@ async fn operator_managed_certificates_serve_and_rotate_without_a_failed_request
     wait_active(&client, &ns, &pods).await;
 
     // Traffic, while the CA is made to look close to its expiry.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let traffic = {
-        let (pods, stop, ok, failed) = (pods.clone(), stop.clone(), ok.clone(), failed.clone());
-        tokio::spawn(async move {
-            let dry = PostParams {
-                dry_run: true,
-                ..Default::default()
-            };
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                match pods.create(&dry, &pod(&format!("t-{i}"), Some(GOOD))).await {
-                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        eprintln!("admission failed during rotation: {e}");
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
-        })
-    };
+    let traffic = Traffic::start(&pods, 2);
+    traffic.wait_for_more(20, "traffic before the rotation").await;
     let soon = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 120;
     secrets
         .patch(
@@ -136,14 +114,8 @@ async fn operator_managed_certificates_serve_and_rotate_without_a_failed_request
         || async { handshake(port, &new_ca).await.then_some(()) },
     )
     .await;
-    let after = ok.load(Ordering::Relaxed) + 30;
-    wait_for("traffic after the rotation", Duration::from_secs(30), || async {
-        (ok.load(Ordering::Relaxed) >= after).then_some(())
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    traffic.await.expect("traffic");
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "no admission request failed");
+    traffic.wait_for_more(30, "traffic after the rotation").await;
+    assert_eq!(traffic.stop().await, 0, "no admission request failed");
     assert!(
         operator.has_log("webhook certificates updated"),
         "{:?}",
