@@ -192,7 +192,15 @@ async fn configuration_mistakes_are_clear_errors() {
     let err = run(&["--vault-addr=http://vault.example:8200", "--vault-key=k"]);
     assert!(err.contains("use https://"), "{err}");
     let err = run(&["--vault-addr=https://vault:8200", "--vault-key=../k"]);
-    assert!(err.contains("not a Vault path segment"), "{err}");
+    assert!(err.contains("not a Transit key name"), "{err}");
+    let err = run(&["--vault-addr=https://vault:8200", "--vault-key=a/b"]);
+    assert!(err.contains("not a Transit key name"), "{err}");
+    let err = run(&[
+        "--vault-addr=https://vault:8200",
+        "--vault-key=k",
+        "--vault-transit-mount=a//b",
+    ]);
+    assert!(err.contains("not a Vault mount path"), "{err}");
     let err = run(&[
         "--vault-addr=https://vault:8200",
         "--vault-key=k",

@@ -102,13 +102,16 @@ impl VaultProvider {
         let key = args.vault_key.clone().ok_or_else(|| {
             anyhow::anyhow!("the vault provider needs --vault-key (the Transit key's name)")
         })?;
-        for (flag, v) in [
-            ("--vault-key", &key),
-            ("--vault-transit-mount", &args.vault_transit_mount),
-        ] {
-            if v.is_empty() || v.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
-                anyhow::bail!("{flag} {v:?} is not a Vault path segment");
-            }
+        // A mount may be nested (`kms/transit`); a key name is one path segment.
+        let bad_segment = |s: &str| s.is_empty() || s == "." || s == ".." || s.contains(char::is_whitespace);
+        if key.contains('/') || bad_segment(&key) {
+            anyhow::bail!("--vault-key {key:?} is not a Transit key name (one path segment, no '/')");
+        }
+        if args.vault_transit_mount.split('/').any(bad_segment) {
+            anyhow::bail!(
+                "--vault-transit-mount {:?} is not a Vault mount path",
+                args.vault_transit_mount
+            );
         }
         let token = match &args.vault_token_file {
             Some(path) => TokenSource::File(path.clone()),
