@@ -142,18 +142,6 @@ async fn socket_bench(provider: &str, flags: &[&str], ops: usize) {
     drop(p);
 }
 
-fn kms_encryption_config(work: &Workdir) -> std::path::PathBuf {
-    let text = format!(
-        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n\
-         - resources: [secrets]\n  providers:\n  - kms:\n      name: phylax\n      \
-         endpoint: unix://{}\n      timeout: 3s\n  - identity: {{}}\n",
-        work.socket().display()
-    );
-    let path = work.path("encryption.yaml");
-    std::fs::write(&path, text).expect("write encryption config");
-    path
-}
-
 /// Wall time for the API server to create `n` Secrets, 8 at a time.
 async fn create_secrets(cp: &ControlPlane, n: usize) -> Duration {
     let client = support::cluster::client_for(&cp.kubeconfig).await;
@@ -227,7 +215,7 @@ async fn apiserver_bench(n: usize, rounds: usize) {
         let key = work.key("kek");
         let p = plugin::start(&work, &[&key], &[]).await;
         let cp = ControlPlane::start(Options {
-            encryption_config: Some(kms_encryption_config(&work)),
+            encryption_config: Some(plugin::encryption_config(&work, None)),
             no_controller_manager: true,
             ..Default::default()
         })

@@ -10,13 +10,10 @@ pub mod service;
 pub mod socket;
 
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use clap::ValueEnum;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tonic::transport::Server;
 use tonic::transport::server::Connected;
@@ -209,49 +206,13 @@ fn incoming(listener: UnixListener) -> impl futures::Stream<Item = std::io::Resu
 }
 
 /// An accepted connection as the gRPC server sees it (see `h2_authority`).
-pub struct ShimmedConn(h2_authority::FixedConn<UnixStream>);
+pub type ShimmedConn = h2_authority::FixedConn<UnixStream>;
 
 fn shim(stream: UnixStream) -> ShimmedConn {
-    ShimmedConn(h2_authority::FixedConn::new(stream))
+    h2_authority::FixedConn::new(stream)
 }
 
-impl Connected for ShimmedConn {
+impl Connected for h2_authority::FixedConn<UnixStream> {
     type ConnectInfo = ();
     fn connect_info(&self) -> Self::ConnectInfo {}
-}
-
-impl AsyncRead for ShimmedConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for ShimmedConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
 }

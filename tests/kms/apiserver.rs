@@ -16,19 +16,6 @@ use crate::support::wait::wait_for;
 
 const PROVIDER_NAME: &str = "phylax";
 
-fn encryption_config(work: &Workdir) -> std::path::PathBuf {
-    // cachesize 1: nearly every read needs the plugin to decrypt its data-encryption key.
-    let text = format!(
-        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n\
-         - resources: [secrets]\n  providers:\n  - kms:\n      name: {PROVIDER_NAME}\n      \
-         endpoint: unix://{}\n      cachesize: 1\n      timeout: 3s\n  - identity: {{}}\n",
-        work.socket().display()
-    );
-    let path = work.path("encryption.yaml");
-    std::fs::write(&path, text).expect("write encryption config");
-    path
-}
-
 /// The raw value etcd holds for a Secret, read with etcdctl, bypassing the API server.
 fn etcd_value(cp: &ControlPlane, namespace: &str, name: &str) -> Vec<u8> {
     let etcdctl = control_plane::binaries_dir().join("etcd/usr/bin/etcdctl");
@@ -88,7 +75,8 @@ async fn secrets_reach_etcd_encrypted_and_survive_a_plugin_restart_under_load() 
     let key = work.key("kek");
     let mut plugin = plugin::start(&work, &[&key], &[]).await;
     let cp = ControlPlane::start(Options {
-        encryption_config: Some(encryption_config(&work)),
+        // cachesize 1: nearly every read needs the plugin to decrypt its data-encryption key.
+        encryption_config: Some(plugin::encryption_config(&work, Some(1))),
         no_controller_manager: true,
         ..Default::default()
     })

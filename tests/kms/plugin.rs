@@ -165,3 +165,20 @@ pub fn refused(work: &Workdir, flags: &[impl AsRef<str>]) -> String {
     assert_eq!(errors.len(), 1, "{err}");
     errors[0].to_owned()
 }
+
+/// Writes an EncryptionConfiguration (v1, KMS v1 provider `phylax`) pointing the API server at the
+/// workdir's socket; `cachesize` as given, or the API server's default when None.
+pub fn encryption_config(work: &Workdir, cachesize: Option<u32>) -> PathBuf {
+    let cache = cachesize
+        .map(|n| format!("      cachesize: {n}\n"))
+        .unwrap_or_default();
+    let text = format!(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n\
+         - resources: [secrets]\n  providers:\n  - kms:\n      name: phylax\n      \
+         endpoint: unix://{}\n{cache}      timeout: 3s\n  - identity: {{}}\n",
+        work.socket().display()
+    );
+    let path = work.path("encryption.yaml");
+    std::fs::write(&path, text).expect("write encryption config");
+    path
+}
