@@ -9,6 +9,8 @@ pub mod kms;
 pub mod node_agent;
 #[cfg(feature = "operator")]
 pub mod operator;
+#[cfg(feature = "operator")]
+pub mod providers;
 pub mod runtime;
 #[cfg(feature = "tokenizer")]
 pub mod tokenizer;

@@ -128,6 +128,31 @@ pub fn manifests(args: &ManifestArgs) -> anyhow::Result<Vec<Value>> {
                     "name": "phylax-operator-webhook-ca-bundle"},
         "subjects": [{"kind": "ServiceAccount", "name": object_name(Role::Operator), "namespace": ns}],
     })))?;
+    // operator: secret sync. It watches pods (metadata only), workloads and namespaces across the
+    // cluster, reads SecretProviders, and writes Secrets in the namespace of the pod that asks:
+    // get/create/patch only (it never lists Secrets), and events on the pods and workloads.
+    push(Ok(serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": "phylax-operator-secret-sync", "labels": labels(Some(Role::Operator))},
+        "rules": [
+            {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["list", "watch"]},
+            {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "daemonsets"], "verbs": ["list", "watch"]},
+            {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list", "watch"]},
+            {"apiGroups": ["secrets.phylax.dev"], "resources": ["secretproviders"], "verbs": ["list", "watch"]},
+            {"apiGroups": ["secrets.phylax.dev"], "resources": ["secretproviders/status"], "verbs": ["patch"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch"]},
+            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        ],
+    })))?;
+    push(Ok(serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "phylax-operator-secret-sync", "labels": labels(Some(Role::Operator))},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": "phylax-operator-secret-sync"},
+        "subjects": [{"kind": "ServiceAccount", "name": object_name(Role::Operator), "namespace": ns}],
+    })))?;
     push(serde_json::to_value(deployment(
         ns,
         &args.image,
@@ -641,6 +666,16 @@ mod tests {
         );
         let bundle = role("phylax-operator-webhook-ca-bundle");
         assert_eq!(bundle[0]["resourceNames"], serde_json::json!(["phylax"]));
-        assert_eq!(roles.len(), 3);
+        // Secret sync writes Secrets anywhere but can neither list nor watch nor delete them.
+        let sync = role("phylax-operator-secret-sync");
+        let on_secrets: Vec<_> = sync
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["resources"].as_array().unwrap().contains(&"secrets".into()))
+            .collect();
+        assert_eq!(on_secrets.len(), 1);
+        assert_eq!(on_secrets[0]["verbs"], serde_json::json!(["get", "create", "patch"]));
+        assert_eq!(roles.len(), 4);
     }
 }

@@ -2,6 +2,7 @@
 //! deployment manifests rendered from the same code, so what is installed matches what runs.
 
 pub mod manifests;
+pub mod secret_provider;
 pub mod sync_annotation;
 pub mod webhooks;
 
@@ -9,10 +10,10 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 
 /// Every CRD of this build, in a stable order.
 ///
-/// None exists yet: `SecretProvider`, the profile kinds, the ephemeral kinds and `TokenShield`
-/// each arrive with their feature.
+/// The profile kinds, the ephemeral kinds and `TokenShield` arrive with their features.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    Vec::new()
+    use kube::CustomResourceExt;
+    vec![secret_provider::SecretProvider::crd()]
 }
 
 /// YAML documents, each starting with `---`, after a comment naming what they are.

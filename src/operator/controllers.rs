@@ -14,7 +14,14 @@ pub fn start(
     settings: &super::Settings,
 ) -> JoinSet<anyhow::Result<()>> {
     let mut controllers = JoinSet::new();
-    // Secret sync, profiles, ephemeral data and tokenization arrive with their own issues.
+    // Profiles, ephemeral data and tokenization arrive with their own issues.
+    controllers.spawn(super::secret_sync::run(
+        client.clone(),
+        settings.namespace.clone(),
+        settings.secret_sync.clone(),
+        settings.sync_metrics.clone(),
+        term.clone(),
+    ));
     controllers.spawn(super::webhook_ca::run(
         client,
         settings.namespace.clone(),

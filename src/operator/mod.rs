@@ -1,6 +1,7 @@
 //! The `operator` role: every controller, run by the elected leader only.
 
 mod controllers;
+pub mod secret_sync;
 pub mod webhook_ca;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -23,12 +24,17 @@ pub struct Args {
     pub leader: LeaderArgs,
     #[command(flatten)]
     pub webhook_certs: webhook_ca::WebhookCertArgs,
+    #[command(flatten)]
+    pub secret_sync: secret_sync::SyncArgs,
 }
 
 /// What the controllers need from the command line.
 pub struct Settings {
     pub namespace: String,
     pub webhook_certs: webhook_ca::WebhookCertArgs,
+    pub secret_sync: secret_sync::SyncArgs,
+    /// Registered once per process: the controllers restart on every election.
+    pub sync_metrics: secret_sync::SyncMetrics,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -69,6 +75,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let settings = Settings {
         namespace: args.kube.namespace.clone(),
         webhook_certs: args.webhook_certs.clone(),
+        secret_sync: args.secret_sync.clone(),
+        sync_metrics: secret_sync::SyncMetrics::register(&rt.metrics),
     };
     rt.run(|shutdown| async move {
         lead_while_elected(

@@ -1,0 +1,172 @@
+//! A SecretProvider's access rules, free of I/O: which namespaces may use it and which paths each
+//! may read. Default is deny.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use crate::api::secret_provider::{NamespaceRules, SecretProviderSpec};
+
+/// Why a request is refused; the message names the provider's field to change.
+pub fn check(spec: &SecretProviderSpec, namespace: &str, ns_labels: &BTreeMap<String, String>, path: &str) -> Result<(), String> {
+    check_path_shape(path)?;
+    if !namespace_allowed(&spec.namespaces, namespace, ns_labels) {
+        return Err(format!(
+            "namespace {namespace} is not allowed: add it to spec.namespaces.names or label it to match \
+             spec.namespaces.selector"
+        ));
+    }
+    if !spec.paths.iter().any(|p| path_matches(p, namespace, path)) {
+        return Err(if spec.paths.is_empty() {
+            "spec.paths is empty, so no path is allowed".to_owned()
+        } else {
+            format!(
+                "path {path:?} matches none of spec.paths ({}) for namespace {namespace}",
+                spec.paths.join(", ")
+            )
+        });
+    }
+    Ok(())
+}
+
+/// Paths with `.`/`..` segments could step out of an allowed prefix once the store normalises
+/// them, so they are refused before any pattern is tried.
+pub fn check_path_shape(path: &str) -> Result<(), String> {
+    if path.chars().any(char::is_control) {
+        return Err("path contains control characters".into());
+    }
+    if path.split(['/', '\\']).any(|s| s == ".." || s == ".") {
+        return Err(format!("path {path:?} has '.' or '..' segments (path traversal)"));
+    }
+    Ok(())
+}
+
+pub fn namespace_allowed(rules: &NamespaceRules, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
+    rules.names.iter().any(|n| n == namespace)
+        || rules.selector.as_ref().is_some_and(|s| selector_matches(s, labels))
+}
+
+/// Kubernetes label-selector semantics: every matchLabels pair and every expression must hold;
+/// an empty selector matches everything. An unknown operator matches nothing.
+pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let pairs = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let exprs = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        let value = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    pairs && exprs
+}
+
+/// `*` matches any run of characters (also across `/`); `{namespace}` is the requesting namespace.
+pub fn path_matches(pattern: &str, namespace: &str, path: &str) -> bool {
+    let pattern = pattern.replace("{namespace}", namespace);
+    glob(pattern.as_bytes(), path.as_bytes())
+}
+
+/// Wildcard match with backtracking to the last `*` only: linear in practice, never exponential.
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, si));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == s[si] {
+            pi += 1;
+            si += 1;
+        } else if let Some((sp, ss)) = star {
+            pi = sp + 1;
+            si = ss + 1;
+            star = Some((sp, ss + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(path_matches("/prod/{namespace}/*", "shop", "/prod/shop/config"));
+        assert!(path_matches("/prod/{namespace}/*", "shop", "/prod/shop/a/b"));
+        assert!(!path_matches("/prod/{namespace}/*", "shop", "/prod/bank/config"));
+        assert!(!path_matches("/prod/{namespace}/*", "shop", "/prod/shopping/config"));
+        assert!(path_matches("*", "x", "anything/at/all"));
+        assert!(path_matches("exact", "x", "exact"));
+        assert!(!path_matches("exact", "x", "exact2"));
+        assert!(path_matches("a*b*c", "x", "aXXbYYc"));
+        assert!(!path_matches("a*b*c", "x", "aXXbYY"));
+        // Pathological pattern stays fast.
+        let long = "a".repeat(5000);
+        assert!(!path_matches("*a*a*a*a*a*a*b", "x", &long));
+    }
+
+    #[test]
+    fn default_deny_and_rules() {
+        let mut spec = SecretProviderSpec::default();
+        let none = BTreeMap::new();
+        assert!(check(&spec, "shop", &none, "/a").unwrap_err().contains("not allowed"));
+        spec.namespaces.names = vec!["shop".into()];
+        assert!(check(&spec, "shop", &none, "/a").unwrap_err().contains("spec.paths is empty"));
+        spec.paths = vec!["/prod/{namespace}/*".into()];
+        assert!(check(&spec, "shop", &none, "/prod/shop/db").is_ok());
+        assert!(check(&spec, "shop", &none, "/prod/bank/db").unwrap_err().contains("matches none"));
+        assert!(check(&spec, "bank", &none, "/prod/bank/db").unwrap_err().contains("namespace bank"));
+        assert!(check(&spec, "shop", &none, "/prod/shop/../bank/db").unwrap_err().contains("traversal"));
+    }
+
+    #[test]
+    fn selectors() {
+        let sel = LabelSelector {
+            match_labels: Some(labels(&[("team", "shop")])),
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "env".into(),
+                operator: "In".into(),
+                values: Some(vec!["prod".into(), "staging".into()]),
+            }]),
+        };
+        assert!(selector_matches(&sel, &labels(&[("team", "shop"), ("env", "prod")])));
+        assert!(!selector_matches(&sel, &labels(&[("team", "shop"), ("env", "dev")])));
+        assert!(!selector_matches(&sel, &labels(&[("env", "prod")])));
+        assert!(selector_matches(&LabelSelector::default(), &labels(&[])));
+        let bad = LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "x".into(),
+                operator: "Like".into(),
+                values: None,
+            }]),
+            ..Default::default()
+        };
+        assert!(!selector_matches(&bad, &labels(&[("x", "1")])));
+        let not_in = LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "tier".into(),
+                operator: "NotIn".into(),
+                values: Some(vec!["restricted".into()]),
+            }]),
+            ..Default::default()
+        };
+        assert!(selector_matches(&not_in, &labels(&[])));
+        assert!(!selector_matches(&not_in, &labels(&[("tier", "restricted")])));
+    }
+}

@@ -1,0 +1,213 @@
+//! The SecretProviders, as watched (one malformed object cannot break the watch), the store each
+//! describes (built on first use and rebuilt when its spec changes), and their status conditions:
+//! `Configured` and `Reachable` are checked when a provider's spec changes and `Reachable` follows
+//! the outcome of real sync calls afterwards — the operator never polls a store.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::{ObjectRef, Store as Reflection};
+use kube::{Api, Client, Resource};
+
+use super::outcome::SyncError;
+use super::target::MANAGER;
+use crate::api::secret_provider::SecretProvider;
+use crate::providers::{self, Store, StoreError};
+
+pub type Guarded = DeserializeGuard<SecretProvider>;
+
+pub struct Stores {
+    reflection: Reflection<Guarded>,
+    ctx: providers::Context,
+    built: tokio::sync::Mutex<HashMap<String, (String, Arc<dyn Store>)>>,
+    /// Last `Reachable` written per provider (status, message), to write only on change.
+    reported: Mutex<HashMap<String, (bool, String)>>,
+    client: Client,
+}
+
+/// The spec's identity: a new uid or generation means a new store.
+fn version_of(sp: &SecretProvider) -> String {
+    format!(
+        "{}/{}",
+        sp.metadata.uid.as_deref().unwrap_or(""),
+        sp.metadata.generation.unwrap_or(0)
+    )
+}
+
+impl Stores {
+    pub fn new(reflection: Reflection<Guarded>, ctx: providers::Context) -> Self {
+        Stores {
+            client: ctx.client.clone(),
+            reflection,
+            ctx,
+            built: Default::default(),
+            reported: Default::default(),
+        }
+    }
+
+    /// The SecretProvider named in an annotation.
+    pub fn get(&self, name: &str) -> Result<Arc<Guarded>, SyncError> {
+        self.reflection
+            .get(&ObjectRef::new(name))
+            .ok_or_else(|| SyncError::ProviderMissing(name.to_owned()))
+    }
+
+    /// Its store, built once per spec version. Build failures are not kept: the next use retries.
+    pub async fn store(&self, sp: &SecretProvider) -> Result<Arc<dyn Store>, StoreError> {
+        let name = sp.metadata.name.clone().unwrap_or_default();
+        let version = version_of(sp);
+        let mut built = self.built.lock().await;
+        if let Some((v, store)) = built.get(&name)
+            && *v == version
+        {
+            return Ok(store.clone());
+        }
+        let store = providers::build(&sp.spec, &self.ctx).await?;
+        built.insert(name, (version, store.clone()));
+        Ok(store)
+    }
+
+    /// Checks a provider whose spec this operator has not yet checked, and writes its status.
+    pub async fn check(&self, guarded: &Guarded) {
+        let sp = match &guarded.0 {
+            Ok(sp) => sp,
+            Err(invalid) => {
+                let name = invalid.metadata.name.clone().unwrap_or_default();
+                let why = format!("the object does not match the schema: {}", invalid.error);
+                self.write_status(&name, None, None, (false, "InvalidSpec", &why), None).await;
+                return;
+            }
+        };
+        let name = sp.metadata.name.clone().unwrap_or_default();
+        let generation = sp.metadata.generation;
+        if sp.status.as_ref().and_then(|s| s.observed_generation) == generation && generation.is_some() {
+            return;
+        }
+        let kind = sp.spec.store_kind().ok();
+        let (configured, reachable) = match self.store(sp).await {
+            Err(e) => ((false, "InvalidSpec", e.to_string()), None),
+            Ok(store) => match store.check().await {
+                Ok(()) => (
+                    (true, "Valid", "the spec is valid".to_owned()),
+                    Some((true, "the store answered".to_owned())),
+                ),
+                Err(StoreError::Config(why)) => ((false, "CredentialsRejected", why), None),
+                Err(e) => (
+                    (true, "Valid", "the spec is valid".to_owned()),
+                    Some((false, e.to_string())),
+                ),
+            },
+        };
+        if let Some(r) = &reachable {
+            self.reported.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), r.clone());
+        }
+        let (ok, reason, why) = configured;
+        self.write_status(&name, kind, generation, (ok, reason, &why), reachable).await;
+    }
+
+    /// Records what a real call showed; writes `Reachable` when it changed.
+    pub async fn observe(&self, sp: &SecretProvider, result: &Result<(), StoreError>) {
+        let reachable = match result {
+            Ok(()) => (true, "the store answered".to_owned()),
+            Err(e) if e.is_transient() => (false, e.to_string()),
+            // The store answered (not found, denied, ...): it is reachable.
+            Err(_) => (true, "the store answered".to_owned()),
+        };
+        let name = sp.metadata.name.clone().unwrap_or_default();
+        {
+            let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+            if reported.get(&name).map(|r| r.0) == Some(reachable.0) {
+                return;
+            }
+            reported.insert(name.clone(), reachable.clone());
+        }
+        self.write_status(
+            &name,
+            sp.spec.store_kind().ok(),
+            sp.metadata.generation,
+            (true, "Valid", "the spec is valid"),
+            Some(reachable),
+        )
+        .await;
+    }
+
+    async fn write_status(
+        &self,
+        name: &str,
+        kind: Option<&str>,
+        generation: Option<i64>,
+        configured: (bool, &str, &str),
+        reachable: Option<(bool, String)>,
+    ) {
+        let previous: Vec<Condition> = self
+            .reflection
+            .get(&ObjectRef::new(name))
+            .and_then(|g| g.0.as_ref().ok().and_then(|sp| sp.status.clone()))
+            .map(|s| s.conditions)
+            .unwrap_or_default();
+        let reachable_status = match &reachable {
+            Some((true, _)) => "True",
+            Some((false, _)) => "False",
+            None => "Unknown",
+        };
+        let ready = configured.0 && reachable_status == "True";
+        let conditions = vec![
+            condition(&previous, "Configured", configured.0.then_some("True").unwrap_or("False"), configured.1, configured.2, generation),
+            condition(
+                &previous,
+                "Reachable",
+                reachable_status,
+                match reachable_status {
+                    "True" => "Answered",
+                    "False" => "Unreachable",
+                    _ => "NotChecked",
+                },
+                reachable.as_ref().map(|r| r.1.as_str()).unwrap_or("not checked: the spec is not usable"),
+                generation,
+            ),
+            condition(
+                &previous,
+                "Ready",
+                if ready { "True" } else { "False" },
+                if ready { "Ready" } else { "NotReady" },
+                if ready { "syncs can use this provider" } else { "see the Configured and Reachable conditions" },
+                generation,
+            ),
+        ];
+        let ar = ApiResource::erase::<SecretProvider>(&());
+        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
+        let body = serde_json::json!({
+            "apiVersion": SecretProvider::api_version(&()),
+            "kind": SecretProvider::kind(&()),
+            "metadata": {"name": name},
+            "status": {"store": kind, "observedGeneration": generation, "conditions": conditions},
+        });
+        if let Err(e) = api
+            .patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
+            .await
+        {
+            tracing::warn!(provider = name, error = %e, "cannot write the SecretProvider's status");
+        }
+    }
+}
+
+fn condition(previous: &[Condition], type_: &str, status: &str, reason: &str, message: &str, generation: Option<i64>) -> Condition {
+    // The transition time moves only when the status does.
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(Timestamp::now()));
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: crate::providers::brief(message),
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}
