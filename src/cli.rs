@@ -100,6 +100,8 @@ fn roles_help() -> String {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start-up and consumed: the size of the operator's arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the controllers (secret sync, profiles, ephemeral data, tokenization, webhook CA)
     #[cfg(feature = "operator")]

@@ -675,7 +675,10 @@ mod tests {
             .filter(|r| r["resources"].as_array().unwrap().contains(&"secrets".into()))
             .collect();
         assert_eq!(on_secrets.len(), 1);
-        assert_eq!(on_secrets[0]["verbs"], serde_json::json!(["get", "create", "patch"]));
+        assert_eq!(
+            on_secrets[0]["verbs"],
+            serde_json::json!(["get", "create", "patch"])
+        );
         assert_eq!(roles.len(), 4);
     }
 }

@@ -150,7 +150,10 @@ impl Store for AwsStore {
         // A listing of one: answers (or refuses) without reading a secret's value.
         let call = self.client.list_secrets().max_results(1).send();
         match tokio::time::timeout(self.timeout, call).await {
-            Err(_) => Err(StoreError::Unreachable(format!("no answer within {:?}", self.timeout))),
+            Err(_) => Err(StoreError::Unreachable(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => match error("", "secretsmanager:ListSecrets", e) {
                 StoreError::AccessDenied { .. } | StoreError::NotFound { .. } => Ok(()),

@@ -47,8 +47,10 @@ pub fn check_path(path: &str) -> Result<&str, StoreError> {
     let mut parts = rel.split('/');
     let name = parts.next().unwrap_or("");
     let version = parts.next();
-    let name_ok = !name.is_empty() && name.len() <= 127 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    let version_ok = version.is_none_or(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric()));
+    let name_ok =
+        !name.is_empty() && name.len() <= 127 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let version_ok = version
+        .is_none_or(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric()));
     if !name_ok || !version_ok || parts.next().is_some() {
         return Err(StoreError::InvalidPath(format!(
             "path {path:?} is not an Azure Key Vault secret: NAME or NAME/VERSION, the name of letters, \
@@ -60,16 +62,23 @@ pub fn check_path(path: &str) -> Result<&str, StoreError> {
 
 impl AzureStore {
     pub fn new(spec: &secret_provider::AzureStore, ctx: &Context) -> Result<AzureStore, StoreError> {
-        let vault = url::Url::parse(&spec.vault_url)
-            .map_err(|e| StoreError::Config(format!("azure.vaultUrl {:?} is not a URL ({e})", spec.vault_url)))?;
-        let loopback = vault.host_str().is_some_and(|h| h == "localhost" || h == "127.0.0.1" || h == "[::1]");
+        let vault = url::Url::parse(&spec.vault_url).map_err(|e| {
+            StoreError::Config(format!("azure.vaultUrl {:?} is not a URL ({e})", spec.vault_url))
+        })?;
+        let loopback = vault
+            .host_str()
+            .is_some_and(|h| h == "localhost" || h == "127.0.0.1" || h == "[::1]");
         if vault.scheme() != "https" && !loopback {
             return Err(StoreError::Config(format!(
                 "azure.vaultUrl {:?} must be https://",
                 spec.vault_url
             )));
         }
-        let ok_id = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
+        let ok_id = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
+        };
         if !ok_id(&spec.tenant_id) || !ok_id(&spec.client_id) {
             return Err(StoreError::Config(
                 "azure.tenantId and azure.clientId must be IDs (GUIDs or domain names)".into(),
@@ -80,8 +89,9 @@ impl AzureStore {
             .clone()
             .or_else(|| std::env::var("AZURE_AUTHORITY_HOST").ok())
             .unwrap_or_else(|| DEFAULT_AUTHORITY.into());
-        let authority = url::Url::parse(&authority)
-            .map_err(|e| StoreError::Config(format!("azure.authorityHost {authority:?} is not a URL ({e})")))?;
+        let authority = url::Url::parse(&authority).map_err(|e| {
+            StoreError::Config(format!("azure.authorityHost {authority:?} is not a URL ({e})"))
+        })?;
         let token_url = authority
             .join(&format!("{}/oauth2/v2.0/token", spec.tenant_id))
             .map_err(|e| StoreError::Config(format!("azure.authorityHost: {e}")))?
@@ -104,7 +114,10 @@ impl AzureStore {
 
     async fn token(&self, fresh: bool) -> Result<Zeroizing<String>, StoreError> {
         let mut cached = self.token.lock().await;
-        if !fresh && let Some((token, until)) = cached.as_ref() && Instant::now() < *until {
+        if !fresh
+            && let Some((token, until)) = cached.as_ref()
+            && Instant::now() < *until
+        {
             return Ok(token.clone());
         }
         let mut form: Vec<(&str, String)> = vec![
@@ -126,9 +139,9 @@ impl AzureStore {
                             .into(),
                     )
                 })?;
-                let assertion = tokio::fs::read_to_string(&file)
-                    .await
-                    .map_err(|e| StoreError::Config(format!("cannot read the federated token {file}: {e}")))?;
+                let assertion = tokio::fs::read_to_string(&file).await.map_err(|e| {
+                    StoreError::Config(format!("cannot read the federated token {file}: {e}"))
+                })?;
                 form.push((
                     "client_assertion_type",
                     "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
@@ -144,7 +157,9 @@ impl AzureStore {
         let answer = answer.map_err(|e| super::transport_error(&e))?;
         let code = answer.status();
         if code.is_server_error() || code.as_u16() == 429 {
-            return Err(StoreError::Unreachable(format!("the token endpoint answered HTTP {code}")));
+            return Err(StoreError::Unreachable(format!(
+                "the token endpoint answered HTTP {code}"
+            )));
         }
         if !code.is_success() {
             return Err(StoreError::Config(format!(
@@ -216,7 +231,11 @@ impl Store for AzureStore {
                 });
             }
             c if c >= 500 => return Err(StoreError::Unreachable(format!("Key Vault answered HTTP {c}"))),
-            c => return Err(StoreError::Config(format!("Key Vault refused the request (HTTP {c})"))),
+            c => {
+                return Err(StoreError::Config(format!(
+                    "Key Vault refused the request (HTTP {c})"
+                )));
+            }
         }
         let body = Zeroizing::new(
             answer
@@ -225,8 +244,9 @@ impl Store for AzureStore {
                 .map_err(|e| super::transport_error(&e))?
                 .to_vec(),
         );
-        let secret: SecretAnswer = serde_json::from_slice(&body)
-            .map_err(|_| StoreError::Corrupt(format!("Key Vault's answer for {path:?} is not a secret bundle")))?;
+        let secret: SecretAnswer = serde_json::from_slice(&body).map_err(|_| {
+            StoreError::Corrupt(format!("Key Vault's answer for {path:?} is not a secret bundle"))
+        })?;
         let value = secret
             .value
             .ok_or_else(|| StoreError::Corrupt(format!("Key Vault's answer for {path:?} has no value")))?;
@@ -235,12 +255,17 @@ impl Store for AzureStore {
 
     async fn check(&self) -> Result<(), StoreError> {
         let token = self.token(true).await?;
-        let url = format!("{}/secrets?maxresults=1&api-version={API_VERSION}", self.vault_url);
+        let url = format!(
+            "{}/secrets?maxresults=1&api-version={API_VERSION}",
+            self.vault_url
+        );
         match self.get(&url, &token).await?.status().as_u16() {
             // A refused listing still shows the vault is there and took the token.
             200 | 403 => Ok(()),
             c if c >= 500 || c == 429 => Err(StoreError::Unreachable(format!("Key Vault answered HTTP {c}"))),
-            c => Err(StoreError::Config(format!("Key Vault answered HTTP {c} to a listing"))),
+            c => Err(StoreError::Config(format!(
+                "Key Vault answered HTTP {c} to a listing"
+            ))),
         }
     }
 }
@@ -252,9 +277,15 @@ mod tests {
     #[test]
     fn paths_are_key_vault_names() {
         assert_eq!(check_path("db-password").unwrap(), "db-password");
-        assert_eq!(check_path("/db-password/0123abcd").unwrap(), "db-password/0123abcd");
+        assert_eq!(
+            check_path("/db-password/0123abcd").unwrap(),
+            "db-password/0123abcd"
+        );
         for bad in ["", "a_b", "a/b/c", "a//b", "../x", "a?x", &"x".repeat(128)] {
-            assert!(matches!(check_path(bad), Err(StoreError::InvalidPath(_))), "{bad:?}");
+            assert!(
+                matches!(check_path(bad), Err(StoreError::InvalidPath(_))),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -83,7 +83,9 @@ impl Store for FileStore {
         tokio::task::spawn_blocking(move || {
             let real = match canonical_under(&root, &file) {
                 Ok(real) => real,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StoreError::NotFound { path }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(StoreError::NotFound { path });
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                     return Err(StoreError::AccessDenied {
                         path,
@@ -114,7 +116,10 @@ impl Store for FileStore {
     async fn check(&self) -> Result<(), StoreError> {
         match tokio::fs::metadata(&self.root).await {
             Ok(m) if m.is_dir() => Ok(()),
-            Ok(_) => Err(StoreError::Config(format!("{} is not a directory", self.root.display()))),
+            Ok(_) => Err(StoreError::Config(format!(
+                "{} is not a directory",
+                self.root.display()
+            ))),
             Err(e) => Err(StoreError::Unreachable(format!("{}: {e}", self.root.display()))),
         }
     }
@@ -138,8 +143,19 @@ mod tests {
         std::fs::write(dir.path().join("shop/config.json"), br#"{"a":"1"}"#).unwrap();
         let s = store(dir.path());
         assert_eq!(&s.fetch("/shop/config").await.unwrap().0[..], br#"{"a":"1"}"#);
-        assert!(matches!(s.fetch("shop/other").await, Err(StoreError::NotFound { .. })));
-        for bad in ["../etc/passwd", "shop/../x", "shop//x", "", "/", "a b", "shop/./config"] {
+        assert!(matches!(
+            s.fetch("shop/other").await,
+            Err(StoreError::NotFound { .. })
+        ));
+        for bad in [
+            "../etc/passwd",
+            "shop/../x",
+            "shop//x",
+            "",
+            "/",
+            "a b",
+            "shop/./config",
+        ] {
             assert!(
                 matches!(s.fetch(bad).await, Err(StoreError::InvalidPath(_))),
                 "{bad:?}"
@@ -149,7 +165,10 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("x.json"), b"{}").unwrap();
         std::os::unix::fs::symlink(outside.path().join("x.json"), dir.path().join("escape.json")).unwrap();
-        assert!(matches!(s.fetch("escape").await, Err(StoreError::AccessDenied { .. })));
+        assert!(matches!(
+            s.fetch("escape").await,
+            Err(StoreError::AccessDenied { .. })
+        ));
         assert!(s.check().await.is_ok());
     }
 

@@ -106,17 +106,19 @@ impl Context {
     pub async fn read_secret_key(&self, r: &SecretKeyRef) -> Result<Zeroizing<String>, StoreError> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
         let ns = &self.namespace;
-        let secret = api.get_opt(&r.name).await.map_err(|e| {
-            StoreError::Config(format!("cannot read Secret {ns}/{}: {e}", r.name))
-        })?;
+        let secret = api
+            .get_opt(&r.name)
+            .await
+            .map_err(|e| StoreError::Config(format!("cannot read Secret {ns}/{}: {e}", r.name)))?;
         let secret =
             secret.ok_or_else(|| StoreError::Config(format!("Secret {ns}/{} does not exist", r.name)))?;
         let bytes = secret
             .data
             .and_then(|mut d| d.remove(&r.key))
             .ok_or_else(|| StoreError::Config(format!("Secret {ns}/{} has no key {:?}", r.name, r.key)))?;
-        let text = String::from_utf8(bytes.0)
-            .map_err(|_| StoreError::Config(format!("key {:?} of Secret {ns}/{} is not UTF-8", r.key, r.name)))?;
+        let text = String::from_utf8(bytes.0).map_err(|_| {
+            StoreError::Config(format!("key {:?} of Secret {ns}/{} is not UTF-8", r.key, r.name))
+        })?;
         Ok(Zeroizing::new(text.trim().to_owned()))
     }
 }

@@ -36,7 +36,9 @@ pub fn check_path(path: &str) -> Result<&str, StoreError> {
     let rel = path.trim_matches('/');
     if rel.is_empty()
         || rel.split('/').any(|s| s.is_empty() || s == "." || s == "..")
-        || rel.chars().any(|c| c.is_control() || matches!(c, '?' | '#' | '%' | '\\'))
+        || rel
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '?' | '#' | '%' | '\\'))
     {
         return Err(StoreError::InvalidPath(format!(
             "path {path:?} is not a Vault KV path: segments separated by '/', without '.', '..', \
@@ -48,8 +50,9 @@ pub fn check_path(path: &str) -> Result<&str, StoreError> {
 
 impl VaultStore {
     pub fn new(spec: &secret_provider::VaultStore, ctx: &Context) -> Result<VaultStore, StoreError> {
-        let url = url::Url::parse(&spec.address)
-            .map_err(|e| StoreError::Config(format!("vault.address {:?} is not a URL ({e})", spec.address)))?;
+        let url = url::Url::parse(&spec.address).map_err(|e| {
+            StoreError::Config(format!("vault.address {:?} is not a URL ({e})", spec.address))
+        })?;
         if !matches!(url.scheme(), "https" | "http") {
             return Err(StoreError::Config(format!(
                 "vault.address {:?} must be https:// (or http:// for a dev server)",
@@ -73,7 +76,9 @@ impl VaultStore {
         let mount = spec.mount.clone().unwrap_or_else(|| "secret".into());
         let mount = mount.trim_matches('/').to_owned();
         if mount.is_empty() || mount.split('/').any(|s| s.is_empty() || s == "..") {
-            return Err(StoreError::Config(format!("vault.mount {mount:?} is not a mount path")));
+            return Err(StoreError::Config(format!(
+                "vault.mount {mount:?} is not a mount path"
+            )));
         }
         Ok(VaultStore {
             address: spec.address.trim_end_matches('/').to_owned(),
@@ -111,7 +116,10 @@ impl VaultStore {
     /// A token: the cached one while it lives, else a fresh login or the Secret's.
     async fn token(&self, fresh: bool) -> Result<Zeroizing<String>, StoreError> {
         let mut cached = self.token.lock().await;
-        if !fresh && let Some((token, until)) = cached.as_ref() && Instant::now() < *until {
+        if !fresh
+            && let Some((token, until)) = cached.as_ref()
+            && Instant::now() < *until
+        {
             return Ok(token.clone());
         }
         let (token, until) = match (&self.auth.kubernetes, &self.auth.token_secret_ref) {
@@ -256,9 +264,17 @@ impl Store for VaultStore {
             .map_err(|e| super::transport_error(&e))?;
         match answer.status().as_u16() {
             200 | 429 | 472 | 473 => {}
-            501 => return Err(StoreError::Unreachable("Vault is not initialised (HTTP 501)".into())),
+            501 => {
+                return Err(StoreError::Unreachable(
+                    "Vault is not initialised (HTTP 501)".into(),
+                ));
+            }
             503 => return Err(StoreError::Unreachable("Vault is sealed (HTTP 503)".into())),
-            code => return Err(StoreError::Unreachable(format!("Vault's health check answered HTTP {code}"))),
+            code => {
+                return Err(StoreError::Unreachable(format!(
+                    "Vault's health check answered HTTP {code}"
+                )));
+            }
         }
         self.token(true).await.map(|_| ())
     }
@@ -271,8 +287,22 @@ mod tests {
     #[test]
     fn paths_that_are_not_one_kv_secret_are_refused() {
         assert_eq!(check_path("/shop/config").unwrap(), "shop/config");
-        for bad in ["", "/", "a/../b", "a//b", "a?list=true", "a#b", "a%2e%2e", "./a", "a\\b", "a\nb"] {
-            assert!(matches!(check_path(bad), Err(StoreError::InvalidPath(_))), "{bad:?}");
+        for bad in [
+            "",
+            "/",
+            "a/../b",
+            "a//b",
+            "a?list=true",
+            "a#b",
+            "a%2e%2e",
+            "./a",
+            "a\\b",
+            "a\nb",
+        ] {
+            assert!(
+                matches!(check_path(bad), Err(StoreError::InvalidPath(_))),
+                "{bad:?}"
+            );
         }
     }
 }

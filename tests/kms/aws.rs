@@ -3,8 +3,6 @@
 //! unreachable endpoint is a fast UNAVAILABLE with what to do.
 
 use std::collections::HashMap;
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
@@ -12,36 +10,16 @@ use phylax::kms::proto::v2;
 use tonic::Code;
 
 use crate::plugin::{self, Workdir, decrypt, encrypt, stop};
+use crate::support::moto::Moto;
 use crate::support::process::Phylax;
 use crate::support::wait::wait_for;
-use crate::support::{free_port, keeper};
 
-struct Moto {
-    child: Child,
-    url: String,
+trait KmsClient {
+    fn kms(&self) -> aws_sdk_kms::Client;
+    async fn create_key(&self) -> String;
 }
 
-impl Moto {
-    async fn start() -> Moto {
-        let exe = std::env::var("PHYLAX_MOTO_SERVER")
-            .unwrap_or_else(|_| "/var/tmp/phylax/venv/bin/moto_server".into());
-        let port = free_port();
-        let mut cmd = Command::new(&exe);
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child =
-            keeper::spawn(cmd).unwrap_or_else(|e| panic!("start {exe} (scripts/setup.sh installs it): {e}"));
-        wait_for("moto_server to listen", Duration::from_secs(30), || async {
-            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
-        })
-        .await;
-        Moto {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
+impl KmsClient for Moto {
     /// An AWS KMS client for the test's own set-up calls.
     fn kms(&self) -> aws_sdk_kms::Client {
         let http = aws_smithy_http_client::Builder::new()
@@ -73,21 +51,8 @@ impl Moto {
     }
 }
 
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn aws_env() -> HashMap<&'static str, &'static str> {
-    HashMap::from([
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing-secret-7f3a9c"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-        ("AWS_CONFIG_FILE", "/dev/null"),
-        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
-    ])
+    Moto::env()
 }
 
 async fn start(work: &Workdir, moto: &Moto, key: &str, extra: &[&str]) -> Phylax {

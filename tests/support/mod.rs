@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod control_plane;
 pub mod keeper;
+pub mod moto;
 pub mod process;
 pub mod swtpm;
 pub mod wait;

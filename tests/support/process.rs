@@ -152,6 +152,21 @@ impl Phylax {
             .and_then(|v| v.parse().ok())
     }
 
+    /// The sum of a metric's series whose labels include every `key="value"` of `labels`
+    /// (0 when none exists yet).
+    pub async fn metric_sum(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let (_, body) = self.admin_get("/metrics").await?;
+        let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        Some(
+            body.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter(|l| l.split([' ', '{']).next() == Some(name))
+                .filter(|l| wanted.iter().all(|w| l.contains(w.as_str())))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum(),
+        )
+    }
+
     /// After exit: wait for the reader threads to reach EOF so every line is in `logs()`.
     fn drain_output(&mut self) {
         for r in self.readers.drain(..) {

@@ -8,7 +8,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use crate::api::secret_provider::{NamespaceRules, SecretProviderSpec};
 
 /// Why a request is refused; the message names the provider's field to change.
-pub fn check(spec: &SecretProviderSpec, namespace: &str, ns_labels: &BTreeMap<String, String>, path: &str) -> Result<(), String> {
+pub fn check(
+    spec: &SecretProviderSpec,
+    namespace: &str,
+    ns_labels: &BTreeMap<String, String>,
+    path: &str,
+) -> Result<(), String> {
     check_path_shape(path)?;
     if !namespace_allowed(&spec.namespaces, namespace, ns_labels) {
         return Err(format!(
@@ -43,7 +48,10 @@ pub fn check_path_shape(path: &str) -> Result<(), String> {
 
 pub fn namespace_allowed(rules: &NamespaceRules, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
     rules.names.iter().any(|n| n == namespace)
-        || rules.selector.as_ref().is_some_and(|s| selector_matches(s, labels))
+        || rules
+            .selector
+            .as_ref()
+            .is_some_and(|s| selector_matches(s, labels))
 }
 
 /// Kubernetes label-selector semantics: every matchLabels pair and every expression must hold;
@@ -110,7 +118,11 @@ mod tests {
         assert!(path_matches("/prod/{namespace}/*", "shop", "/prod/shop/config"));
         assert!(path_matches("/prod/{namespace}/*", "shop", "/prod/shop/a/b"));
         assert!(!path_matches("/prod/{namespace}/*", "shop", "/prod/bank/config"));
-        assert!(!path_matches("/prod/{namespace}/*", "shop", "/prod/shopping/config"));
+        assert!(!path_matches(
+            "/prod/{namespace}/*",
+            "shop",
+            "/prod/shopping/config"
+        ));
         assert!(path_matches("*", "x", "anything/at/all"));
         assert!(path_matches("exact", "x", "exact"));
         assert!(!path_matches("exact", "x", "exact2"));
@@ -125,14 +137,34 @@ mod tests {
     fn default_deny_and_rules() {
         let mut spec = SecretProviderSpec::default();
         let none = BTreeMap::new();
-        assert!(check(&spec, "shop", &none, "/a").unwrap_err().contains("not allowed"));
+        assert!(
+            check(&spec, "shop", &none, "/a")
+                .unwrap_err()
+                .contains("not allowed")
+        );
         spec.namespaces.names = vec!["shop".into()];
-        assert!(check(&spec, "shop", &none, "/a").unwrap_err().contains("spec.paths is empty"));
+        assert!(
+            check(&spec, "shop", &none, "/a")
+                .unwrap_err()
+                .contains("spec.paths is empty")
+        );
         spec.paths = vec!["/prod/{namespace}/*".into()];
         assert!(check(&spec, "shop", &none, "/prod/shop/db").is_ok());
-        assert!(check(&spec, "shop", &none, "/prod/bank/db").unwrap_err().contains("matches none"));
-        assert!(check(&spec, "bank", &none, "/prod/bank/db").unwrap_err().contains("namespace bank"));
-        assert!(check(&spec, "shop", &none, "/prod/shop/../bank/db").unwrap_err().contains("traversal"));
+        assert!(
+            check(&spec, "shop", &none, "/prod/bank/db")
+                .unwrap_err()
+                .contains("matches none")
+        );
+        assert!(
+            check(&spec, "bank", &none, "/prod/bank/db")
+                .unwrap_err()
+                .contains("namespace bank")
+        );
+        assert!(
+            check(&spec, "shop", &none, "/prod/shop/../bank/db")
+                .unwrap_err()
+                .contains("traversal")
+        );
     }
 
     #[test]
@@ -145,8 +177,14 @@ mod tests {
                 values: Some(vec!["prod".into(), "staging".into()]),
             }]),
         };
-        assert!(selector_matches(&sel, &labels(&[("team", "shop"), ("env", "prod")])));
-        assert!(!selector_matches(&sel, &labels(&[("team", "shop"), ("env", "dev")])));
+        assert!(selector_matches(
+            &sel,
+            &labels(&[("team", "shop"), ("env", "prod")])
+        ));
+        assert!(!selector_matches(
+            &sel,
+            &labels(&[("team", "shop"), ("env", "dev")])
+        ));
         assert!(!selector_matches(&sel, &labels(&[("env", "prod")])));
         assert!(selector_matches(&LabelSelector::default(), &labels(&[])));
         let bad = LabelSelector {

@@ -57,11 +57,6 @@ impl<K: Eq + Hash + Clone, V: Clone> Coalescer<K, V> {
             .await;
         value.clone()
     }
-
-    /// Entries held (in flight or fresh).
-    pub fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
 }
 
 #[cfg(test)]

@@ -34,7 +34,9 @@ impl SyncMetrics {
         let m = SyncMetrics {
             syncs: Family::default(),
             duration: Family::new_with_constructor(|| {
-                Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+                Histogram::new([
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ])
             }),
             store_calls: Family::default(),
             in_flight: Gauge::default(),
@@ -54,11 +56,7 @@ impl SyncMetrics {
             "Calls to external stores by store kind and outcome (ok or the error)",
             m.store_calls.clone(),
         );
-        metrics.register(
-            "secret_sync_in_flight",
-            "Syncs running now",
-            m.in_flight.clone(),
-        );
+        metrics.register("secret_sync_in_flight", "Syncs running now", m.in_flight.clone());
         m
     }
 }

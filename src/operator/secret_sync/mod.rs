@@ -71,6 +71,7 @@ pub struct SyncArgs {
 }
 
 type Fetched = Result<SecretBytes, StoreError>;
+type SeenStream = Pin<Box<dyn Stream<Item = Result<Seen, watcher::Error>> + Send>>;
 
 struct Ctx {
     client: Client,
@@ -95,8 +96,14 @@ struct Work {
 
 /// What the watches report, reduced to what the dispatcher needs.
 enum Seen {
-    Object { kind: Kind, uid: String, trigger: Option<Trigger> },
-    Deleted { uid: String },
+    Object {
+        kind: Kind,
+        uid: String,
+        trigger: Option<Trigger>,
+    },
+    Deleted {
+        uid: String,
+    },
     Relist(Kind),
     Listed(Kind),
 }
@@ -142,7 +149,10 @@ pub async fn run(
             let (reader, writer) = reflector::store();
             let stream = reflector::reflector(
                 writer,
-                watch(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default()),
+                watch(
+                    Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                    watcher::Config::default(),
+                ),
             )
             .default_backoff();
             background.spawn(drain("namespaces", stream));
@@ -181,20 +191,30 @@ pub async fn run(
         _ = term.cancelled() => return Ok(()),
     }
 
-    let mut sources: Vec<Pin<Box<dyn Stream<Item = Result<Seen, watcher::Error>> + Send>>> = vec![Box::pin(
-        watch(Api::<PartialObjectMeta<Pod>>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .map(|ev| ev.map(|ev| seen(Kind::Pod, ev, |p| triggers::from_pod(p), |p| p.metadata.uid.clone()))),
+    let mut sources: Vec<SeenStream> = vec![Box::pin(
+        watch(
+            Api::<PartialObjectMeta<Pod>>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .map(|ev| ev.map(|ev| seen(Kind::Pod, ev, triggers::from_pod, |p| p.metadata.uid.clone()))),
     )];
     for kind in Kind::WORKLOADS {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &kind.resource());
-        sources.push(Box::pin(watch(api, watcher::Config::default()).default_backoff().map(
-            move |ev| {
-                ev.map(|ev| {
-                    seen(kind, ev, |o| triggers::from_workload(kind, o), |o| o.metadata.uid.clone())
-                })
-            },
-        )));
+        sources.push(Box::pin(
+            watch(api, watcher::Config::default())
+                .default_backoff()
+                .map(move |ev| {
+                    ev.map(|ev| {
+                        seen(
+                            kind,
+                            ev,
+                            |o| triggers::from_workload(kind, o),
+                            |o| o.metadata.uid.clone(),
+                        )
+                    })
+                }),
+        ));
     }
     let mut seen_stream = futures::stream::select_all(sources);
 
@@ -296,7 +316,8 @@ async fn drain<S: Stream<Item = Result<T, watcher::Error>>, T>(what: &'static st
 
 impl Ctx {
     fn is_current(&self, t: &Trigger) -> bool {
-        self.current.lock().unwrap_or_else(|p| p.into_inner()).get(&t.uid) == Some(&annotation_hash(&t.annotation))
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).get(&t.uid)
+            == Some(&annotation_hash(&t.annotation))
     }
 
     async fn publish(&self, t: &Trigger, type_: EventType, reason: &str, note: String) {
@@ -328,7 +349,12 @@ async fn process(ctx: Arc<Ctx>, mut work: Work, retry: mpsc::UnboundedSender<Wor
         Ok(r) => r,
         Err(why) => {
             let e = SyncError::Malformed(why);
-            tracing::warn!(object = t.describe(), reason = e.reason(), message = e.message(), "secret sync refused");
+            tracing::warn!(
+                object = t.describe(),
+                reason = e.reason(),
+                message = e.message(),
+                "secret sync refused"
+            );
             ctx.metrics
                 .syncs
                 .get_or_create(&metrics::ResultLabels {
@@ -345,17 +371,20 @@ async fn process(ctx: Arc<Ctx>, mut work: Work, retry: mpsc::UnboundedSender<Wor
     };
     let mut failed = HashSet::new();
     let mut retry_after = None;
-    for req in requests
-        .iter()
-        .filter(|r| work.only.as_ref().is_none_or(|only| only.contains(&r.secret_name)))
-    {
+    for req in requests.iter().filter(|r| {
+        work.only
+            .as_ref()
+            .is_none_or(|only| only.contains(&r.secret_name))
+    }) {
         ctx.metrics.in_flight.inc();
         let started = Instant::now();
         let (kind, result) = sync_one(&ctx, &t.namespace, req).await;
         ctx.metrics.in_flight.dec();
         ctx.metrics
             .duration
-            .get_or_create(&metrics::ProviderLabels { provider: kind.into() })
+            .get_or_create(&metrics::ProviderLabels {
+                provider: kind.into(),
+            })
             .observe(started.elapsed().as_secs_f64());
         let result_label = match &result {
             Ok(Written::Unchanged) => "unchanged",
@@ -419,7 +448,11 @@ async fn process(ctx: Arc<Ctx>, mut work: Work, retry: mpsc::UnboundedSender<Wor
 }
 
 /// One request: checks, (coalesced) store call, rendering, write. Returns the store kind too.
-async fn sync_one(ctx: &Ctx, namespace: &str, req: &SyncRequest) -> (&'static str, Result<Written, SyncError>) {
+async fn sync_one(
+    ctx: &Ctx,
+    namespace: &str,
+    req: &SyncRequest,
+) -> (&'static str, Result<Written, SyncError>) {
     let guarded = match ctx.stores.get(&req.provider) {
         Ok(g) => g,
         Err(e) => return ("none", Err(e)),
@@ -447,10 +480,14 @@ async fn sync_one(ctx: &Ctx, namespace: &str, req: &SyncRequest) -> (&'static st
             provider: req.provider.clone(),
             why,
         })?;
-        let store = ctx.stores.store(sp).await.map_err(|e| SyncError::ProviderNotReady {
-            provider: req.provider.clone(),
-            why: e.to_string(),
-        })?;
+        let store = ctx
+            .stores
+            .store(sp)
+            .await
+            .map_err(|e| SyncError::ProviderNotReady {
+                provider: req.provider.clone(),
+                why: e.to_string(),
+            })?;
         let key = (
             format!(
                 "{}/{}/{}",
@@ -475,7 +512,9 @@ async fn sync_one(ctx: &Ctx, namespace: &str, req: &SyncRequest) -> (&'static st
                         result: outcome.into(),
                     })
                     .inc();
-                ctx.stores.observe(sp, &r.as_ref().map(|_| ()).map_err(Clone::clone)).await;
+                ctx.stores
+                    .observe(sp, &r.as_ref().map(|_| ()).map_err(Clone::clone))
+                    .await;
                 r
             })
             .await;

@@ -13,15 +13,34 @@ pub enum SyncError {
     Malformed(String),
     ProviderMissing(String),
     /// The SecretProvider's spec or credentials are wrong.
-    ProviderNotReady { provider: String, why: String },
+    ProviderNotReady {
+        provider: String,
+        why: String,
+    },
     /// The provider's namespace/path rules refuse the request.
-    Refused { provider: String, why: String },
-    Store { provider: String, path: String, error: StoreError },
-    Render { provider: String, path: String, error: RenderError },
+    Refused {
+        provider: String,
+        why: String,
+    },
+    Store {
+        provider: String,
+        path: String,
+        error: StoreError,
+    },
+    Render {
+        provider: String,
+        path: String,
+        error: RenderError,
+    },
     /// The target Secret exists and Phylax did not create it.
-    NotManaged { secret: String },
+    NotManaged {
+        secret: String,
+    },
     /// The target Secret is Phylax's but synced from another source.
-    Conflict { secret: String, source: String },
+    Conflict {
+        secret: String,
+        source: String,
+    },
     /// The API server refused or failed the write.
     Write(String),
 }
@@ -95,27 +114,37 @@ impl SyncError {
                 format!("SecretProvider {provider} is not usable: {why}; will retry")
             }
             SyncError::Refused { provider, why } => format!("refused by SecretProvider {provider}: {why}"),
-            SyncError::Store { provider, path, error } => match error {
+            SyncError::Store {
+                provider,
+                path,
+                error,
+            } => match error {
                 StoreError::NotFound { .. } => format!(
                     "{path:?} does not exist in SecretProvider {provider}'s store; create it there or fix \
                      the path, then roll out the workload"
                 ),
-                StoreError::AccessDenied { need, .. } => format!(
-                    "SecretProvider {provider}'s store denied reading {path:?}: grant {need}"
-                ),
-                StoreError::Unreachable(why) => format!(
-                    "SecretProvider {provider}'s store is unreachable ({why}); will retry"
-                ),
+                StoreError::AccessDenied { need, .. } => {
+                    format!("SecretProvider {provider}'s store denied reading {path:?}: grant {need}")
+                }
+                StoreError::Unreachable(why) => {
+                    format!("SecretProvider {provider}'s store is unreachable ({why}); will retry")
+                }
                 StoreError::Throttled { .. } => {
                     format!("SecretProvider {provider}'s store is throttling requests; will retry")
                 }
                 StoreError::Corrupt(why) => {
                     format!("SecretProvider {provider} returned a malformed answer for {path:?}: {why}")
                 }
-                StoreError::Config(why) => format!("SecretProvider {provider} is not usable: {why}; will retry"),
+                StoreError::Config(why) => {
+                    format!("SecretProvider {provider} is not usable: {why}; will retry")
+                }
                 StoreError::InvalidPath(why) => format!("refused by SecretProvider {provider}: {why}"),
             },
-            SyncError::Render { provider, path, error } => {
+            SyncError::Render {
+                provider,
+                path,
+                error,
+            } => {
                 format!("{path:?} from SecretProvider {provider}: {error}")
             }
             SyncError::NotManaged { secret } => format!(

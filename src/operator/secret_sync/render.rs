@@ -15,11 +15,18 @@ pub type Data = BTreeMap<String, ByteString>;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RenderError {
-    #[error("the source is not valid JSON ({0}); fix it in the store, or drop `keys` to take it as one value")]
+    #[error(
+        "the source is not valid JSON ({0}); fix it in the store, or drop `keys` to take it as one value"
+    )]
     NotJson(String),
     #[error("the source has no key(s) {}; it has {}", .missing.join(", "), .present.join(", "))]
-    MissingKeys { missing: Vec<String>, present: Vec<String> },
-    #[error("the source's key {0:?} is not a valid Secret data key (letters, digits, '-', '_', '.'); select valid ones with `keys`")]
+    MissingKeys {
+        missing: Vec<String>,
+        present: Vec<String>,
+    },
+    #[error(
+        "the source's key {0:?} is not a valid Secret data key (letters, digits, '-', '_', '.'); select valid ones with `keys`"
+    )]
     BadKey(String),
     #[error("the result is {0} bytes, over the 1 MiB limit of a Secret; select fewer keys with `keys`")]
     TooLarge(usize),
@@ -33,8 +40,16 @@ pub fn render(source: &[u8], keys: &[String], raw_key: &str) -> Result<Data, Ren
         let object: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(source).map_err(|e| RenderError::NotJson(describe(&e)))?;
         let present: Vec<String> = object.keys().cloned().collect();
-        let wanted: Vec<&String> = if keys.is_empty() { object.keys().collect() } else { keys.iter().collect() };
-        let missing: Vec<String> = wanted.iter().filter(|k| !object.contains_key(**k)).map(|k| clip(k)).collect();
+        let wanted: Vec<&String> = if keys.is_empty() {
+            object.keys().collect()
+        } else {
+            keys.iter().collect()
+        };
+        let missing: Vec<String> = wanted
+            .iter()
+            .filter(|k| !object.contains_key(**k))
+            .map(|k| clip(k))
+            .collect();
         if !missing.is_empty() {
             return Err(RenderError::MissingKeys {
                 missing,
@@ -100,7 +115,8 @@ pub fn is_secret_key(k: &str) -> bool {
         && k.len() <= 253
         && k != "."
         && k != ".."
-        && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 fn clip(s: &str) -> String {
@@ -120,7 +136,12 @@ mod tests {
 
     #[test]
     fn json_objects_map_keys_and_nested_values_become_json_text() {
-        let d = render(br#"{"DB_HOST":"db","PORT":5432,"nested":{"a":[1,2]}}"#, &[], "value").unwrap();
+        let d = render(
+            br#"{"DB_HOST":"db","PORT":5432,"nested":{"a":[1,2]}}"#,
+            &[],
+            "value",
+        )
+        .unwrap();
         assert_eq!(text(&d, "DB_HOST"), "db");
         assert_eq!(text(&d, "PORT"), "5432");
         assert_eq!(text(&d, "nested"), r#"{"a":[1,2]}"#);
@@ -141,14 +162,26 @@ mod tests {
     #[test]
     fn errors_name_the_problem_without_values() {
         let e = render(br#"{"A": "s3cr3t-value", "#, &[], "value").unwrap_err();
-        assert!(matches!(&e, RenderError::NotJson(m) if m.contains("line 1")), "{e}");
+        assert!(
+            matches!(&e, RenderError::NotJson(m) if m.contains("line 1")),
+            "{e}"
+        );
         assert!(!e.to_string().contains("s3cr3t"));
         let e = render(br#"{"A":"1"}"#, &["B".into()], "value").unwrap_err();
         assert_eq!(e.to_string(), "the source has no key(s) B; it has A");
-        assert!(matches!(render(b"raw", &["A".into()], "value"), Err(RenderError::NotJson(_))));
-        assert!(matches!(render(br#"{"a/b":"1"}"#, &[], "value"), Err(RenderError::BadKey(_))));
+        assert!(matches!(
+            render(b"raw", &["A".into()], "value"),
+            Err(RenderError::NotJson(_))
+        ));
+        assert!(matches!(
+            render(br#"{"a/b":"1"}"#, &[], "value"),
+            Err(RenderError::BadKey(_))
+        ));
         let big = format!(r#"{{"A":"{}"}}"#, "x".repeat(MAX_SECRET_BYTES));
-        assert!(matches!(render(big.as_bytes(), &[], "value"), Err(RenderError::TooLarge(_))));
+        assert!(matches!(
+            render(big.as_bytes(), &[], "value"),
+            Err(RenderError::TooLarge(_))
+        ));
     }
 
     #[test]

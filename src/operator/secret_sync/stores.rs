@@ -20,10 +20,13 @@ use crate::providers::{self, Store, StoreError};
 
 pub type Guarded = DeserializeGuard<SecretProvider>;
 
+/// Provider name → (spec version, store).
+type Built = HashMap<String, (String, Arc<dyn Store>)>;
+
 pub struct Stores {
     reflection: Reflection<Guarded>,
     ctx: providers::Context,
-    built: tokio::sync::Mutex<HashMap<String, (String, Arc<dyn Store>)>>,
+    built: tokio::sync::Mutex<Built>,
     /// Last `Reachable` written per provider (status, message), to write only on change.
     reported: Mutex<HashMap<String, (bool, String)>>,
     client: Client,
@@ -78,7 +81,8 @@ impl Stores {
             Err(invalid) => {
                 let name = invalid.metadata.name.clone().unwrap_or_default();
                 let why = format!("the object does not match the schema: {}", invalid.error);
-                self.write_status(&name, None, None, (false, "InvalidSpec", &why), None).await;
+                self.write_status(&name, None, None, (false, "InvalidSpec", &why), None)
+                    .await;
                 return;
             }
         };
@@ -103,10 +107,14 @@ impl Stores {
             },
         };
         if let Some(r) = &reachable {
-            self.reported.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), r.clone());
+            self.reported
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name.clone(), r.clone());
         }
         let (ok, reason, why) = configured;
-        self.write_status(&name, kind, generation, (ok, reason, &why), reachable).await;
+        self.write_status(&name, kind, generation, (ok, reason, &why), reachable)
+            .await;
     }
 
     /// Records what a real call showed; writes `Reachable` when it changed.
@@ -156,7 +164,14 @@ impl Stores {
         };
         let ready = configured.0 && reachable_status == "True";
         let conditions = vec![
-            condition(&previous, "Configured", configured.0.then_some("True").unwrap_or("False"), configured.1, configured.2, generation),
+            condition(
+                &previous,
+                "Configured",
+                if configured.0 { "True" } else { "False" },
+                configured.1,
+                configured.2,
+                generation,
+            ),
             condition(
                 &previous,
                 "Reachable",
@@ -166,7 +181,10 @@ impl Stores {
                     "False" => "Unreachable",
                     _ => "NotChecked",
                 },
-                reachable.as_ref().map(|r| r.1.as_str()).unwrap_or("not checked: the spec is not usable"),
+                reachable
+                    .as_ref()
+                    .map(|r| r.1.as_str())
+                    .unwrap_or("not checked: the spec is not usable"),
                 generation,
             ),
             condition(
@@ -174,7 +192,11 @@ impl Stores {
                 "Ready",
                 if ready { "True" } else { "False" },
                 if ready { "Ready" } else { "NotReady" },
-                if ready { "syncs can use this provider" } else { "see the Configured and Reachable conditions" },
+                if ready {
+                    "syncs can use this provider"
+                } else {
+                    "see the Configured and Reachable conditions"
+                },
                 generation,
             ),
         ];
@@ -195,7 +217,14 @@ impl Stores {
     }
 }
 
-fn condition(previous: &[Condition], type_: &str, status: &str, reason: &str, message: &str, generation: Option<i64>) -> Condition {
+fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) -> Condition {
     // The transition time moves only when the status does.
     let since = previous
         .iter()

@@ -49,7 +49,10 @@ impl Target<'_> {
         ObjectMeta {
             name: Some(self.name.to_owned()),
             namespace: Some(self.namespace.to_owned()),
-            labels: Some(BTreeMap::from([(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned())])),
+            labels: Some(BTreeMap::from([(
+                MANAGED_BY.0.to_owned(),
+                MANAGED_BY.1.to_owned(),
+            )])),
             annotations: Some(annotations),
             resource_version,
             ..Default::default()
@@ -101,12 +104,11 @@ impl Target<'_> {
                     ),
                 });
             }
-            // The data itself, not only our annotation: a hand edit is put back.
+            // Our keys as we would write them, not only our annotation: a hand edit is put back.
+            // Keys someone else added are theirs; server-side apply leaves them alone.
             let existing = current.data.clone().unwrap_or_default();
-            if !created
-                && content_hash(&existing) == hash
-                && annotations.get(CONTENT_HASH) == Some(&hash)
-            {
+            let ours_intact = data.iter().all(|(k, v)| existing.get(k) == Some(v));
+            if !created && ours_intact && annotations.get(CONTENT_HASH) == Some(&hash) {
                 return Ok(Written::Unchanged);
             }
             let desired = Secret {
@@ -120,7 +122,13 @@ impl Target<'_> {
             value["kind"] = "Secret".into();
             let params = PatchParams::apply(MANAGER).force();
             match self.api.patch(self.name, &params, &Patch::Apply(&value)).await {
-                Ok(_) => return Ok(if created { Written::Created } else { Written::Updated }),
+                Ok(_) => {
+                    return Ok(if created {
+                        Written::Created
+                    } else {
+                        Written::Updated
+                    });
+                }
                 Err(kube::Error::Api(s)) if s.code == 409 => continue,
                 Err(e) => return Err(write_error(e)),
             }
@@ -134,7 +142,10 @@ impl Target<'_> {
 /// The API server's answer, without anything of the request (which holds the values).
 fn write_error(e: kube::Error) -> SyncError {
     match e {
-        kube::Error::Api(s) => SyncError::Write(format!("the API server answered {} {}: {}", s.code, s.reason, s.message)),
+        kube::Error::Api(s) => SyncError::Write(format!(
+            "the API server answered {} {}: {}",
+            s.code, s.reason, s.message
+        )),
         other => SyncError::Write(other.to_string()),
     }
 }

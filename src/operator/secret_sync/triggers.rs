@@ -123,7 +123,10 @@ mod tests {
         }))
         .unwrap();
         let t = from_workload(Kind::Deployment, &obj).unwrap();
-        assert_eq!((t.namespace.as_str(), t.name.as_str(), t.kind), ("shop", "web", Kind::Deployment));
+        assert_eq!(
+            (t.namespace.as_str(), t.name.as_str(), t.kind),
+            ("shop", "web", Kind::Deployment)
+        );
         assert_eq!(t.reference().api_version.as_deref(), Some("apps/v1"));
         let plain: DynamicObject = serde_json::from_value(serde_json::json!({
             "apiVersion": "apps/v1", "kind": "Deployment",

@@ -1,0 +1,244 @@
+//! Vault (KV v2, Kubernetes auth or a token from a Secret) and Azure Key Vault (client
+//! credentials) against the test doubles of their HTTP APIs in `doubles.rs`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::{ObjectMeta, PostParams};
+use serde_json::json;
+
+use crate::doubles::{AzureDouble, VaultDouble};
+use crate::support::cluster::cluster;
+use crate::support::random_suffix;
+use crate::*;
+
+const VAULT_PLANTED: &str = "planted-vault-value-0c77aa";
+const AZURE_PLANTED: &str = "planted-azure-value-e2a5f1";
+const CLIENT_SECRET: &str = "planted-client-secret-44b0";
+
+async fn credential_secret(client: &kube::Client, ns: &str, name: &str, key: &str, value: &str) {
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            key.to_owned(),
+            ByteString(value.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn vault_kv2_with_kubernetes_auth_denials_and_a_sealed_vault() {
+    let _one = serial().await;
+    let client = cluster().client().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, "vault", &[]).await;
+    let op_ns = namespace(&client, "op", &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let jwt_file = dir.path().join("token");
+    std::fs::write(&jwt_file, "eyJ.service-account.jwt\n").unwrap();
+    let vault = VaultDouble::start("eyJ.service-account.jwt", "shop").await;
+    vault.state.secrets.lock().unwrap().insert(
+        "shop/db".into(),
+        json!({"user": "app", "password": VAULT_PLANTED}),
+    );
+    vault.state.denied.lock().unwrap().insert("shop/admin".into());
+    let provider = format!("vault-{}", random_suffix());
+    apply_provider(
+        &client,
+        &provider,
+        json!({"vault": {"address": vault.url, "mount": "secret", "kvVersion": 2,
+                         "auth": {"kubernetes": {"role": "shop", "tokenPath": jwt_file}}},
+               "namespaces": {"names": [ns.name]}, "paths": ["shop/*"]}),
+    )
+    .await;
+    // A second provider: a static token from a Secret in the operator's namespace.
+    credential_secret(
+        &client,
+        &op_ns.name,
+        "vault-token",
+        "token",
+        "hvs.test-double-token",
+    )
+    .await;
+    let by_token = format!("vault-token-{}", random_suffix());
+    apply_provider(
+        &client,
+        &by_token,
+        json!({"vault": {"address": vault.url, "auth": {"tokenSecretRef": {"name": "vault-token", "key": "token"}}},
+               "namespaces": {"names": [ns.name]}, "paths": ["shop/*"]}),
+    )
+    .await;
+    // A third whose role Vault refuses: not configured, says why.
+    let wrong = format!("vault-wrong-{}", random_suffix());
+    apply_provider(
+        &client,
+        &wrong,
+        json!({"vault": {"address": vault.url, "auth": {"kubernetes": {"role": "bank", "tokenPath": jwt_file}}},
+               "namespaces": {"names": [ns.name]}, "paths": ["*"]}),
+    )
+    .await;
+
+    let mut op = operator(&op_ns.name, &[], &Default::default());
+    started(&mut op).await;
+    provider_condition(&client, &provider, "Ready", "True").await;
+    let why = provider_condition(&client, &wrong, "Configured", "False").await;
+    assert!(why.contains("role \"bank\""), "{why}");
+
+    let both = format!(
+        "- {{provider: {provider}, path: shop/db, secretName: db}}\n- {{provider: {by_token}, path: shop/db, secretName: db2}}"
+    );
+    create_pod(&client, &ns.name, "app", &both).await;
+    for name in ["db", "db2"] {
+        let data = data_of(&wait_secret(&client, &ns.name, name).await);
+        assert_eq!(data["password"], VAULT_PLANTED);
+        assert_eq!(data["user"], "app");
+    }
+
+    let denied = create_pod(
+        &client,
+        &ns.name,
+        "denied",
+        &format!("{{provider: {provider}, path: shop/admin, secretName: adm}}"),
+    )
+    .await;
+    let note = wait_event(&client, &ns.name, &denied, "SecretAccessDenied").await;
+    assert!(
+        note.contains("read capability on secret/data/shop/admin"),
+        "{note}"
+    );
+
+    // Sealed: unavailable, retried; unsealed: served without a new pod.
+    vault.state.sealed.store(true, Ordering::SeqCst);
+    vault
+        .state
+        .secrets
+        .lock()
+        .unwrap()
+        .insert("shop/later".into(), json!({"k": "v"}));
+    let later = create_pod(
+        &client,
+        &ns.name,
+        "later",
+        &format!("{{provider: {provider}, path: shop/later, secretName: later}}"),
+    )
+    .await;
+    let note = wait_event(&client, &ns.name, &later, "SecretStoreUnavailable").await;
+    assert!(note.contains("sealed") && note.contains("will retry"), "{note}");
+    vault.state.sealed.store(false, Ordering::SeqCst);
+    assert_eq!(data_of(&wait_secret(&client, &ns.name, "later").await)["k"], "v");
+
+    assert_never_leaked(&client, &op, &[&ns.name, &op_ns.name], VAULT_PLANTED).await;
+    for line in op.logs() {
+        assert!(
+            !line.contains("hvs.test-double-token") && !line.contains("eyJ.service"),
+            "{line}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn azure_key_vault_with_client_credentials_throttling_and_denials() {
+    let _one = serial().await;
+    let client = cluster().client().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, "azure", &[]).await;
+    let op_ns = namespace(&client, "op", &[]).await;
+    let azure = AzureDouble::start("tenant-1", "client-1", CLIENT_SECRET).await;
+    {
+        let mut s = azure.state.secrets.lock().unwrap();
+        s.insert("db-password".into(), AZURE_PLANTED.into());
+        s.insert(
+            "app-config".into(),
+            json!({"URL": "https://x", "MODE": "prod"}).to_string(),
+        );
+    }
+    azure.state.denied.lock().unwrap().insert("admin".into());
+    credential_secret(&client, &op_ns.name, "azure-cred", "clientSecret", CLIENT_SECRET).await;
+    let spec = |secret_ref: &str| {
+        json!({"azure": {"vaultUrl": azure.url, "tenantId": "tenant-1", "clientId": "client-1",
+                         "authorityHost": format!("{}/", azure.url),
+                         "clientSecretRef": {"name": secret_ref, "key": "clientSecret"}},
+               "namespaces": {"names": [ns.name]}, "paths": ["*"], "rawKey": "password"})
+    };
+    let provider = format!("azure-{}", random_suffix());
+    apply_provider(&client, &provider, spec("azure-cred")).await;
+    credential_secret(&client, &op_ns.name, "azure-wrong", "clientSecret", "not-it").await;
+    let wrong = format!("azure-wrong-{}", random_suffix());
+    apply_provider(&client, &wrong, spec("azure-wrong")).await;
+
+    let mut op = operator(&op_ns.name, &[], &Default::default());
+    started(&mut op).await;
+    provider_condition(&client, &provider, "Ready", "True").await;
+    let why = provider_condition(&client, &wrong, "Configured", "False").await;
+    assert!(why.contains("client-1") && why.contains("tenant-1"), "{why}");
+
+    let ann = format!(
+        "- {{provider: {provider}, path: db-password, secretName: db}}\n- {{provider: {provider}, path: app-config, secretName: cfg}}"
+    );
+    create_pod(&client, &ns.name, "app", &ann).await;
+    assert_eq!(
+        data_of(&wait_secret(&client, &ns.name, "db").await)["password"],
+        AZURE_PLANTED
+    );
+    assert_eq!(
+        data_of(&wait_secret(&client, &ns.name, "cfg").await)["MODE"],
+        "prod"
+    );
+
+    let denied = create_pod(
+        &client,
+        &ns.name,
+        "denied",
+        &format!("{{provider: {provider}, path: admin, secretName: adm}}"),
+    )
+    .await;
+    let note = wait_event(&client, &ns.name, &denied, "SecretAccessDenied").await;
+    assert!(
+        note.contains("Key Vault Secrets User") && note.contains("client-1"),
+        "{note}"
+    );
+    let missing = create_pod(
+        &client,
+        &ns.name,
+        "missing",
+        &format!("{{provider: {provider}, path: nope, secretName: nope}}"),
+    )
+    .await;
+    wait_event(&client, &ns.name, &missing, "SecretNotFound").await;
+
+    // Throttled twice: an event, then the Secret once Key Vault lets the retry through.
+    azure
+        .state
+        .secrets
+        .lock()
+        .unwrap()
+        .insert("later".into(), "v".into());
+    azure.state.throttle.store(2, Ordering::SeqCst);
+    let later = create_pod(
+        &client,
+        &ns.name,
+        "later",
+        &format!("{{provider: {provider}, path: later, secretName: later}}"),
+    )
+    .await;
+    let note = wait_event(&client, &ns.name, &later, "SecretStoreUnavailable").await;
+    assert!(note.contains("throttling"), "{note}");
+    assert_eq!(
+        data_of(&wait_secret(&client, &ns.name, "later").await)["password"],
+        "v"
+    );
+
+    assert_never_leaked(&client, &op, &[&ns.name, &op_ns.name], AZURE_PLANTED).await;
+    assert_never_leaked(&client, &op, &[], CLIENT_SECRET).await;
+}
