@@ -113,6 +113,45 @@ done
 start node-agent node-agent 9093
 start tokenizer tokenizer 9094
 
+# Secret sync, end to end: a development-only `file` SecretProvider over a local directory, a
+# namespace it allows, and a pod there asking for a secret; the leading operator writes the Secret.
+echo "== secret sync: file store $STATE/demo-store, namespace demo"
+mkdir -p "$STATE/demo-store/demo"
+printf '{"DB_HOST":"db.demo.svc","DB_PASSWORD":"demo-only-password"}\n' > "$STATE/demo-store/demo/config.json"
+kubectl apply --server-side --field-manager=phylax-up -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {team: demo}}
+---
+apiVersion: secrets.phylax.dev/v1alpha1
+kind: SecretProvider
+metadata: {name: demo-files}
+spec:
+  file: {directory: $STATE/demo-store}
+  namespaces: {selector: {matchLabels: {team: demo}}}
+  paths: ["{namespace}/*"]
+YAML
+for _ in $(seq 1 150); do
+  kubectl -n demo get serviceaccount default >/dev/null 2>&1 && break
+  sleep 0.2
+done
+kubectl -n demo delete pod app --ignore-not-found --wait=false >/dev/null 2>&1 || true
+for _ in $(seq 1 150); do
+  kubectl -n demo run app --image=registry.example/app:1 --restart=Never \
+    --annotations='secrets.phylax.dev/sync={provider: demo-files, path: demo/config, secretName: app-config}' \
+    >/dev/null 2>&1 && break
+  sleep 0.2
+done
+for _ in $(seq 1 150); do
+  [ -n "$(kubectl -n demo get secret app-config -o 'jsonpath={.data.DB_HOST}' 2>/dev/null)" ] && break
+  sleep 0.2
+done
+if kubectl -n demo get secret app-config >/dev/null 2>&1; then
+  echo "   Secret demo/app-config synced: keys $(kubectl -n demo get secret app-config -o 'jsonpath={.data}' | grep -o '"[A-Z_]*"' | tr '\n' ' ')"
+else
+  echo "   Secret demo/app-config NOT synced; see $STATE/logs/operator-*.log" >&2
+fi
+
 for entry in operator-a:9090 operator-b:19090 webhook:9091 kms-plugin:9092 node-agent:9093 tokenizer:9094; do
   name=${entry%%:*}; port=${entry##*:}
   wait_ready "$name" "$port" || true
@@ -128,14 +167,18 @@ cat <<TXT
 Phylax is running against a real Kubernetes 1.20 control plane on 127.0.0.1.
 The Deployments and DaemonSet it installed stay Pending (this control plane has no kubelet); the
 roles run as the local processes above instead. The API server encrypts Secrets through the KMS
-plugin; the operator keeps the webhook's certificates and caBundle; the webhook validates the
-secrets.phylax.dev/sync annotation. Node agent and tokenizer serve only their admin endpoints.
+plugin; the operator keeps the webhook's certificates and caBundle and syncs secrets from the
+demo file store into the pods that ask; the webhook validates the secrets.phylax.dev/sync annotation. Node agent and tokenizer serve only their admin endpoints.
 
 Try next:
   export KUBECONFIG=$KUBECONFIG_FILE
   kubectl create secret generic demo --from-literal=password=s3cret
   ETCDCTL_API=3 $PHYLAX_CONTROL_PLANE_DIR/etcd/usr/bin/etcdctl --endpoints=http://127.0.0.1:\${ETCD_PORT:-12379} \\
     get /registry/secrets/default/demo --print-value-only | head -c 40; echo   # k8s:enc:kms:v1:phylax:...
+  kubectl -n demo get secret app-config -o yaml; kubectl -n demo get events   # synced, SecretSynced
+  kubectl get secretproviders                              # Ready, store kind
+  kubectl -n default run nope --image=x --annotations='secrets.phylax.dev/sync={provider: demo-files, path: demo/config, secretName: s}'
+  kubectl -n default get events | grep SecretSyncRefused   # default is not allowed by the provider
   kubectl run bad --image=busybox --annotations='secrets.phylax.dev/sync=provider: p'   # refused by the webhook
   kubectl -n $NS get lease phylax-operator -o yaml        # who leads
   curl -s 127.0.0.1:9090/metrics | grep leader_is_leader   # 1 on the leader, 0 on the other

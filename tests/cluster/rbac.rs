@@ -1,5 +1,6 @@
 //! The RBAC in `phylax manifests` is enough for the operator to work and no more: the operator,
-//! running with its ServiceAccount's token, elects itself, and cannot read Secrets.
+//! running with its ServiceAccount's token, elects itself, keeps the webhook's certificates, syncs
+//! a secret into a pod's namespace, and cannot list Secrets.
 
 use std::time::Duration;
 
@@ -149,6 +150,76 @@ async fn operator_works_with_exactly_its_manifest_rbac() {
         "{:?}",
         op.logs()
     );
+
+    // With the same RBAC it syncs a secret into the namespace of a pod that asks (the `file`
+    // store keeps the test free of cloud credentials), with its event on the pod.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cfg.json"), br#"{"K":"v"}"#).unwrap();
+    let app = TestNamespace::create(cluster, "rbac-app").await;
+    let sp_gvk = GroupVersionKind::gvk("secrets.phylax.dev", "v1alpha1", "SecretProvider");
+    let sp_api = wait_for(
+        "the SecretProvider CRD to be served",
+        Duration::from_secs(30),
+        || async {
+            let (ar, _) = pinned_kind(&client, &sp_gvk).await.ok()?;
+            Some(Api::<DynamicObject>::all_with(client.clone(), &ar))
+        },
+    )
+    .await;
+    let provider = format!("rbac-{}", ns.name);
+    let sp: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "secrets.phylax.dev/v1alpha1", "kind": "SecretProvider",
+        "metadata": {"name": provider},
+        "spec": {"file": {"directory": dir.path()}, "namespaces": {"names": [app.name]}, "paths": ["cfg"]},
+    }))
+    .unwrap();
+    sp_api
+        .patch(&provider, &PatchParams::apply("phylax-test"), &Patch::Apply(&sp))
+        .await
+        .expect("apply SecretProvider");
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "app", "annotations": {
+            "secrets.phylax.dev/sync": format!("{{provider: {provider}, path: cfg, secretName: cfg}}")}},
+        "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]},
+    }))
+    .unwrap();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &app.name);
+    wait_for("the pod to be admitted", Duration::from_secs(30), || async {
+        pods.create(&PostParams::default(), &pod).await.ok().map(|_| ())
+    })
+    .await;
+    let app_secrets: Api<Secret> = Api::namespaced(client.clone(), &app.name);
+    let synced = wait_for("the synced Secret", Duration::from_secs(30), || async {
+        app_secrets
+            .get_opt("cfg")
+            .await
+            .ok()
+            .flatten()
+            .filter(|s| s.data.is_some())
+    })
+    .await;
+    assert_eq!(synced.data.unwrap()["K"].0, b"v");
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &app.name);
+    wait_for("the SecretSynced event", Duration::from_secs(30), || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("SecretSynced"))
+            .then_some(())
+    })
+    .await;
+    wait_for("the provider's status", Duration::from_secs(30), || async {
+        let sp = sp_api.get(&provider).await.ok()?;
+        (sp.data["status"]["conditions"].as_array()?.len() == 3).then_some(())
+    })
+    .await;
+    for line in op.logs() {
+        assert!(
+            !line.contains("forbidden"),
+            "the operator lacks a permission: {line}"
+        );
+    }
+    sp_api.delete(&provider, &Default::default()).await.ok();
 
     // Least privilege: nothing beyond the lease and its own two Secrets.
     let as_operator = client_for(&kc).await;

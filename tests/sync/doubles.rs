@@ -159,6 +159,8 @@ pub struct AzureState {
     pub client_secret: String,
     pub secrets: Mutex<HashMap<String, String>>,
     pub denied: Mutex<HashSet<String>>,
+    /// Names answered 200 with a body that is not a secret bundle (a broken proxy, say).
+    pub garbled: Mutex<HashSet<String>>,
     /// Answer this many secret reads with 429 first.
     pub throttle: AtomicUsize,
     pub tokens_issued: AtomicUsize,
@@ -261,6 +263,9 @@ async fn azure_secret(
         r.headers_mut()
             .insert("retry-after", "1".parse().expect("header"));
         return r;
+    }
+    if s.garbled.lock().unwrap().contains(&name) {
+        return (StatusCode::OK, "<html>gateway says hello</html>").into_response();
     }
     if s.denied.lock().unwrap().contains(&name) {
         return reply(

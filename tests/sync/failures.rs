@@ -215,6 +215,17 @@ async fn every_failure_is_an_event_saying_what_to_do_and_nothing_is_written() {
     assert_eq!(reads_before, reads_after, "permanent failures were retried");
     assert!(syncs >= cases.len() as f64);
 
+    // A SecretProvider the schema admits but the operator cannot use: reported on its status.
+    let two = format!("two-{}", random_suffix());
+    apply_provider(
+        &client,
+        &two,
+        json!({"file": {"directory": "/tmp"}, "aws": {"region": "eu-west-1"}, "paths": ["*"]}),
+    )
+    .await;
+    let why = provider_condition(&client, &two, "Configured", "False").await;
+    assert!(why.contains("set exactly one"), "{why}");
+
     assert_eq!(op.metric("phylax_task_panics_total").await.unwrap_or(0.0), 0.0);
     assert!(op.admin_get("/readyz").await.is_some_and(|(c, _)| c == 200));
     assert_never_leaked(&client, &op, &[&ns.name], PLANTED).await;

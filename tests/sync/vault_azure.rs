@@ -216,6 +216,19 @@ async fn azure_key_vault_with_client_credentials_throttling_and_denials() {
     )
     .await;
     wait_event(&client, &ns.name, &missing, "SecretNotFound").await;
+    azure.state.garbled.lock().unwrap().insert("garbled".into());
+    let garbled = create_pod(
+        &client,
+        &ns.name,
+        "garbled",
+        &format!("{{provider: {provider}, path: garbled, secretName: garbled}}"),
+    )
+    .await;
+    let note = wait_event(&client, &ns.name, &garbled, "SecretSourceInvalid").await;
+    assert!(
+        note.contains("malformed answer") && !note.contains("gateway"),
+        "{note}"
+    );
 
     // Throttled twice: an event, then the Secret once Key Vault lets the retry through.
     azure

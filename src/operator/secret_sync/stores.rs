@@ -29,6 +29,9 @@ pub struct Stores {
     built: tokio::sync::Mutex<Built>,
     /// Last `Reachable` written per provider (status, message), to write only on change.
     reported: Mutex<HashMap<String, (bool, String)>>,
+    /// Generation last reported for objects that do not match the schema: their status cannot be
+    /// read back, and writing it again on every event would answer our own writes forever.
+    invalid_reported: Mutex<HashMap<String, Option<i64>>>,
     client: Client,
 }
 
@@ -49,6 +52,7 @@ impl Stores {
             ctx,
             built: Default::default(),
             reported: Default::default(),
+            invalid_reported: Default::default(),
         }
     }
 
@@ -80,6 +84,14 @@ impl Stores {
             Ok(sp) => sp,
             Err(invalid) => {
                 let name = invalid.metadata.name.clone().unwrap_or_default();
+                let generation = invalid.metadata.generation;
+                {
+                    let mut seen = self.invalid_reported.lock().unwrap_or_else(|p| p.into_inner());
+                    if seen.get(&name) == Some(&generation) {
+                        return;
+                    }
+                    seen.insert(name.clone(), generation);
+                }
                 let why = format!("the object does not match the schema: {}", invalid.error);
                 self.write_status(&name, None, None, (false, "InvalidSpec", &why), None)
                     .await;
