@@ -366,7 +366,7 @@ async fn process(ctx: Arc<Ctx>, mut work: Work, retry: mpsc::UnboundedSender<Wor
             return;
         }
     };
-    let Ok(_slot) = ctx.slots.acquire().await else {
+    let Ok(slot) = ctx.slots.acquire().await else {
         return;
     };
     let mut failed = HashSet::new();
@@ -435,6 +435,8 @@ async fn process(ctx: Arc<Ctx>, mut work: Work, retry: mpsc::UnboundedSender<Wor
             }
         }
     }
+    // The slot is for syncing, not for waiting to retry.
+    drop(slot);
     if failed.is_empty() {
         return;
     }
