@@ -1,0 +1,223 @@
+# NixOS module: the Phylax KMS plugin next to kube-apiserver, and the node agent.
+#
+#   services.phylax.kmsPlugin.enable = true;            # provider "tpm" by default: KEK sealed in /dev/tpmrm0
+#   services.phylax.kmsPlugin.wireApiserver = true;     # EncryptionConfiguration for services.kubernetes.apiserver
+#   services.phylax.nodeAgent.enable = true;
+{ self }:
+{ config, lib, pkgs, ... }:
+let
+  cfg = config.services.phylax;
+  kms = cfg.kmsPlugin;
+  agent = cfg.nodeAgent;
+  socket = "${kms.socketDirectory}/kms.sock";
+  needsNetwork = builtins.elem kms.provider [ "vault" "aws" ];
+
+  providerArgs = {
+    software = map (k: "--key-file=${k}") kms.keyFiles ++ lib.optional kms.createKey "--create-key-file";
+    tpm = [ "--tpm-tcti=${kms.tpm.tcti}" ]
+      ++ map (k: "--tpm-sealed-key=${k}") kms.keyFiles
+      ++ lib.optional kms.createKey "--tpm-create-sealed-key"
+      ++ lib.optional (kms.tpm.pcrs != [ ]) "--tpm-pcrs=${lib.concatMapStringsSep "," toString kms.tpm.pcrs}";
+    vault = [ ];
+    aws = [ ];
+  }.${kms.provider};
+
+  # JSON is YAML: the API server reads either.
+  encryptionConfig = pkgs.writeText "phylax-encryption-config.yaml" (builtins.toJSON {
+    apiVersion = "apiserver.config.k8s.io/v1";
+    kind = "EncryptionConfiguration";
+    resources = [{
+      resources = kms.encryptedResources;
+      providers = [
+        { kms = { apiVersion = "v2"; name = "phylax"; endpoint = "unix://${socket}"; timeout = "3s"; }; }
+        { identity = { }; }
+      ];
+    }];
+  });
+
+  hardening = {
+    NoNewPrivileges = true;
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    PrivateTmp = true;
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    ProtectProc = "invisible";
+    ProcSubset = "pid";
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+    MemoryDenyWriteExecute = true;
+    SystemCallArchitectures = "native";
+    SystemCallFilter = [ "@system-service" "~@privileged" "~@resources" ];
+    CapabilityBoundingSet = "";
+    AmbientCapabilities = "";
+    UMask = "0077";
+  };
+in
+{
+  options.services.phylax = {
+    package = lib.mkOption {
+      type = lib.types.package;
+      default = self.packages.${pkgs.stdenv.hostPlatform.system}.phylax-static;
+      defaultText = lib.literalExpression "phylax.packages.\${system}.phylax-static";
+      description = "The phylax binary (all roles).";
+    };
+
+    kmsPlugin = {
+      enable = lib.mkEnableOption "the Phylax KMS v2/v1 plugin for etcd encryption at rest";
+      provider = lib.mkOption {
+        type = lib.types.enum [ "software" "tpm" "vault" "aws" ];
+        default = "tpm";
+        description = "Where the key-encryption key lives.";
+      };
+      keyFiles = lib.mkOption {
+        type = lib.types.listOf lib.types.str;
+        default = [ "/var/lib/phylax-kms/kek.sealed" ];
+        description = "Key files (software) or sealed-key files (tpm); the first encrypts, all decrypt (rotation).";
+      };
+      createKey = lib.mkOption {
+        type = lib.types.bool;
+        default = true;
+        description = "Create the first key file when it does not exist (never overwrites one).";
+      };
+      tpm.tcti = lib.mkOption {
+        type = lib.types.str;
+        default = "device:/dev/tpmrm0";
+        description = "TCTI of the TPM (the kernel's resource manager by default).";
+      };
+      tpm.pcrs = lib.mkOption {
+        type = lib.types.listOf (lib.types.ints.between 0 23);
+        default = [ ];
+        description = "SHA-256 PCRs the sealed key is bound to (empty: no PCR policy).";
+      };
+      extraArgs = lib.mkOption {
+        type = lib.types.listOf lib.types.str;
+        default = [ ];
+        example = [ "--vault-addr=https://vault.example:8200" "--vault-key=kube" "--vault-token-file=/run/secrets/vault-token" ];
+        description = "More flags for `phylax kms-plugin` (the vault and aws providers are configured here).";
+      };
+      socketDirectory = lib.mkOption {
+        type = lib.types.str;
+        default = "/run/phylax-kms";
+        description = "Directory of the plugin's unix socket.";
+      };
+      apiserverGroup = lib.mkOption {
+        type = lib.types.str;
+        default = "kubernetes";
+        description = "Group of the kube-apiserver process: it may open the socket, nobody else may.";
+      };
+      wireApiserver = lib.mkOption {
+        type = lib.types.bool;
+        default = false;
+        description = "Point services.kubernetes.apiserver at an EncryptionConfiguration that uses the plugin (KMS v2, identity as read fallback) and start it after the plugin.";
+      };
+      encryptedResources = lib.mkOption {
+        type = lib.types.listOf lib.types.str;
+        default = [ "secrets" ];
+        description = "Resources the API server encrypts through the plugin.";
+      };
+    };
+
+    nodeAgent = {
+      enable = lib.mkEnableOption "the Phylax node agent (seccomp/AppArmor profiles on this node)";
+      kubeletRoot = lib.mkOption {
+        type = lib.types.str;
+        default = "/var/lib/kubelet";
+        description = "The kubelet's root directory: the only place the agent may write (<kubeletRoot>/seccomp).";
+      };
+      extraArgs = lib.mkOption {
+        type = lib.types.listOf lib.types.str;
+        default = [ ];
+        description = "More flags for `phylax node-agent`. (Today the agent serves its admin endpoints only; its node name, kubeconfig and kubelet-root flags arrive with the profile installer.)";
+      };
+    };
+  };
+
+  config = lib.mkMerge [
+    (lib.mkIf kms.enable {
+      users.users.phylax-kms = {
+        isSystemUser = true;
+        group = "phylax-kms";
+        extraGroups = lib.optional (kms.provider == "tpm") "tss";
+        description = "Phylax KMS plugin";
+      };
+      users.groups.phylax-kms = { };
+      users.groups.${kms.apiserverGroup} = { };
+      users.groups.tss = lib.mkIf (kms.provider == "tpm") { };
+
+      systemd.services.phylax-kms-plugin = {
+        description = "Phylax KMS plugin (etcd encryption at rest)";
+        wantedBy = [ "multi-user.target" ];
+        before = [ "kube-apiserver.service" ];
+        after = [ "network-online.target" ] ++ lib.optional (kms.provider == "tpm") "tpm2.target";
+        wants = lib.optional needsNetwork "network-online.target";
+        serviceConfig = hardening // {
+          ExecStart = lib.escapeShellArgs ([
+            "${cfg.package}/bin/phylax" "kms-plugin"
+            "--listen=unix://${socket}"
+            "--socket-mode=0660"
+            "--socket-group=${kms.apiserverGroup}"
+            "--provider=${kms.provider}"
+            "--admin-addr=127.0.0.1:9092"
+          ] ++ providerArgs ++ kms.extraArgs);
+          User = "phylax-kms";
+          Group = "phylax-kms";
+          # The socket's group is the API server's; the directory lets that group in.
+          SupplementaryGroups = [ kms.apiserverGroup ] ++ lib.optional (kms.provider == "tpm") "tss";
+          RuntimeDirectory = baseNameOf kms.socketDirectory;
+          RuntimeDirectoryMode = "0750";
+          StateDirectory = "phylax-kms";
+          StateDirectoryMode = "0700";
+          ExecStartPost = "${pkgs.coreutils}/bin/chgrp ${kms.apiserverGroup} ${kms.socketDirectory}";
+          DevicePolicy = "closed";
+          DeviceAllow = lib.optional (kms.provider == "tpm") "/dev/tpmrm0 rw";
+          # The admin endpoint listens on loopback; only vault and aws reach further.
+          RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
+          IPAddressAllow = lib.mkIf (!needsNetwork) "localhost";
+          IPAddressDeny = lib.mkIf (!needsNetwork) "any";
+          Restart = "on-failure";
+          RestartSec = "2s";
+        };
+      };
+
+      security.tpm2 = lib.mkIf (kms.provider == "tpm") {
+        enable = true;
+        applyUdevRules = true;
+      };
+
+      systemd.services.kube-apiserver = lib.mkIf kms.wireApiserver {
+        after = [ "phylax-kms-plugin.service" ];
+        wants = [ "phylax-kms-plugin.service" ];
+      };
+      services.kubernetes.apiserver.extraOpts = lib.mkIf kms.wireApiserver
+        "--encryption-provider-config=${encryptionConfig}";
+    })
+
+    (lib.mkIf agent.enable {
+      systemd.services.phylax-node-agent = {
+        description = "Phylax node agent (seccomp/AppArmor profiles)";
+        wantedBy = [ "multi-user.target" ];
+        after = [ "network-online.target" "kubelet.service" ];
+        wants = [ "network-online.target" ];
+        serviceConfig = hardening // {
+          ExecStart = lib.escapeShellArgs ([
+            "${cfg.package}/bin/phylax" "node-agent"
+            "--admin-addr=127.0.0.1:9093"
+          ] ++ agent.extraArgs);
+          # Root only to write into the kubelet's directory, and only there.
+          ReadWritePaths = [ "${agent.kubeletRoot}/seccomp" ];
+          ExecStartPre = "+${pkgs.coreutils}/bin/mkdir -p ${agent.kubeletRoot}/seccomp/phylax";
+          RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" "AF_NETLINK" ];
+          Restart = "on-failure";
+          RestartSec = "2s";
+        };
+      };
+    })
+  ];
+}
