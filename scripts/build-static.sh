@@ -25,7 +25,7 @@ if [ ! -f "$PREFIX/lib/libtss2-esys.a" ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      musl-tools pkg-config make autoconf automake libtool autoconf-archive dpkg-dev \
+      musl-tools pkg-config make autoconf automake libtool libltdl-dev autoconf-archive dpkg-dev \
       ca-certificates debian-archive-keyring >/dev/null
   fi
 
@@ -52,26 +52,36 @@ SRC
 
   step "mbedTLS (bookworm source), static"
   cd "$PREFIX/src"
-  [ -n "$(ls -d mbedtls-2.28* 2>/dev/null)" ] || apt-get "${APTB[@]}" source mbedtls=2.28.3-1 >/dev/null 2>&1
-  cd "$(ls -d "$PREFIX"/src/mbedtls-2.28*/ | head -1)"
+  [ -d mbedtls-2.28.3 ] || apt-get "${APTB[@]}" source mbedtls=2.28.3-1 >/dev/null 2>&1
+  cd "$PREFIX/src/mbedtls-2.28.3"
   make -s -j"$JOBS" -C library CC=musl-gcc CFLAGS="$CFLAGS" static >/dev/null
   cp library/libmbedcrypto.a library/libmbedtls.a library/libmbedx509.a "$PREFIX/lib/"
   cp -r include/mbedtls "$PREFIX/include/"
 
   step "tpm2-tss (trixie source), static, no dlopen, device + swtpm TCTIs"
   cd "$PREFIX/src"
-  [ -n "$(ls -d tpm2-tss-4* 2>/dev/null)" ] || apt-get "${APTB[@]}" source tpm2-tss=4.1.3-1.2 >/dev/null 2>&1
-  cd "$(ls -d "$PREFIX"/src/tpm2-tss-4*/ | head -1)"
-  [ -x configure ] || autoreconf -fi >/dev/null 2>&1
+  [ -d tpm2-tss-4.1.3 ] || apt-get "${APTB[@]}" source tpm2-tss=4.1.3-1.2 >/dev/null 2>&1
+  cd "$PREFIX/src/tpm2-tss-4.1.3"
+  # Debian's source is the git tree: its bootstrap generates the file lists and runs autoreconf.
+  [ -f install-sh ] || ./bootstrap >/dev/null 2>&1
   ./configure -q --prefix="$PREFIX" --enable-static --disable-shared --enable-nodl --with-crypto=mbed \
     --disable-fapi --disable-policy --disable-doxygen-doc --disable-unit --disable-integration \
     --disable-tcti-mssim --disable-tcti-cmd --disable-tcti-pcap --disable-tcti-libtpms \
     --disable-tcti-spi-helper --disable-tcti-spi-ltt2go --disable-tcti-spidev --disable-tcti-spi-ftdi \
     --disable-tcti-i2c-helper --disable-tcti-i2c-ftdi \
     --with-udevrulesdir="$PREFIX/udev" --with-runstatedir="$PREFIX/run" --with-sysusersdir="$PREFIX/sysusers" \
-    --with-tmpfilesdir="$PREFIX/tmpfiles" >/dev/null
+    --with-tmpfilesdir="$PREFIX/tmpfiles"
   make -s -j"$JOBS" >/dev/null
   make -s install >/dev/null
+  # With --enable-nodl the TCTI loader inside libtss2-esys calls the TCTIs directly: name them
+  # so a static link (pkg-config --static) pulls them in after it. Each TCTI also exports
+  # Tss2_Tcti_Info (the entry point dlopen() would look up): kept local, two TCTIs link together.
+  grep -q tss2-tcti-swtpm "$PREFIX/lib/pkgconfig/tss2-esys.pc" \
+    || sed -i 's/^Requires.private: \(.*\)$/Requires.private: \1 tss2-tcti-device tss2-tcti-swtpm/' \
+      "$PREFIX/lib/pkgconfig/tss2-esys.pc"
+  for tcti in device swtpm; do
+    objcopy --localize-symbol=Tss2_Tcti_Info "$PREFIX/lib/libtss2-tcti-$tcti.a"
+  done
   unset CC CFLAGS LDFLAGS
 fi
 
@@ -82,10 +92,8 @@ step "cargo build --release --target $TARGET ${*:-(all roles)}"
 cd "$REPO"
 export PKG_CONFIG_ALLOW_CROSS=1 PKG_CONFIG_ALL_STATIC=1 PKG_CONFIG_PATH=$PREFIX/lib/pkgconfig PKG_CONFIG_LIBDIR=$PREFIX/lib/pkgconfig
 export CC_x86_64_unknown_linux_musl=musl-gcc
-# tpm2-tss's .pc files do not name mbedTLS (their crypto backend) for static links.
-export RUSTFLAGS="${RUSTFLAGS:-} -L native=$PREFIX/lib -l static=mbedcrypto"
 cargo build --release --locked --target "$TARGET" "$@"
 BIN=$CARGO_TARGET_DIR/$TARGET/release/phylax
 file "$BIN"
-ls -l "$BIN" | awk '{print "   " $5 " bytes"}'
+echo "   $(stat -c %s "$BIN") bytes"
 step "done: $BIN"

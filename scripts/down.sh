@@ -2,7 +2,7 @@
 # Stops what scripts/up.sh started: the Phylax roles (by pid, checked against /proc/PID/exe),
 # then the control plane. --purge also deletes the control plane's data and certificates.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 STATE=${PHYLAX_LOCAL_DIR:-/var/tmp/phylax/local}
 for pf in "$STATE"/run/*.pid; do
   [ -f "$pf" ] || continue

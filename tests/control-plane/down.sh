@@ -13,7 +13,7 @@ stop() {
   exe=$(readlink "/proc/$pid/exe" 2>/dev/null || true)
   if [ -z "$pid" ] || [[ "$exe" != *"/$n" ]]; then echo "$n: not running"; rm -f "$pf"; return 0; fi
   kill -TERM "$pid" 2>/dev/null
-  for i in $(seq 1 100); do [ -d "/proc/$pid" ] || break; sleep 0.2; done
+  for _ in $(seq 1 100); do [ -d "/proc/$pid" ] || break; sleep 0.2; done
   if [ -d "/proc/$pid" ]; then echo "$n: still alive after 20s, sending SIGKILL to $pid"; kill -KILL "$pid" 2>/dev/null; fi
   echo "$n: stopped (pid $pid)"
   rm -f "$pf"

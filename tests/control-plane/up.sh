@@ -49,7 +49,7 @@ alive() { # alive NAME -> 0 if pidfile points at a live process of that binary
 }
 
 for c in etcd kube-apiserver kube-controller-manager; do
-  if alive $c; then echo "$c already running (pid $(cat $RUN/$c.pid)); run $ROOT/down.sh first" >&2; exit 1; fi
+  if alive $c; then echo "$c already running (pid $(cat "$RUN/$c.pid")); run $ROOT/down.sh first" >&2; exit 1; fi
 done
 
 if [ "$RESET" = 1 ]; then rm -rf "$RUN"; fi
@@ -176,6 +176,7 @@ EOF
 chmod 600 "$ROOT/kubeconfig-token"
 
 # if anything below fails, stop whatever this script already started
+# shellcheck disable=SC2154 # rc is assigned inside the trap
 trap 'rc=$?; if [ $rc -ne 0 ]; then echo "up.sh failed (rc=$rc); stopping started components" >&2; "$ROOT/down.sh" >&2; fi' EXIT
 
 start() { # name logfile cmd...
@@ -194,7 +195,7 @@ ETCD_ARGS=(
 )
 [ "${ETCD_FSYNC:-0}" = 1 ] || ETCD_ARGS+=(--unsafe-no-fsync)
 start etcd "$LOGS/etcd.log" "$ETCD_BIN" "${ETCD_ARGS[@]}"
-for i in $(seq 1 50); do
+for _ in $(seq 1 50); do
   curl -fsS "http://127.0.0.1:$ETCD_PORT/health" >/dev/null 2>&1 && break
   alive etcd || { echo "etcd died; see $LOGS/etcd.log" >&2; tail -20 "$LOGS/etcd.log" >&2; exit 1; }
   sleep 0.2
@@ -211,6 +212,8 @@ DISABLE_ADMISSION=""
 if [ "$START_KCM" = 0 ]; then
   DEFAULT_ADMISSION=${DEFAULT_ADMISSION/,ServiceAccount,/,}; DISABLE_ADMISSION=ServiceAccount
 fi
+# Flag values hold commas (admission plugin lists), not array separators.
+# shellcheck disable=SC2054
 APISERVER_ARGS=(
   --advertise-address=127.0.0.1 --bind-address=127.0.0.1 --secure-port="$APISERVER_PORT" --insecure-port=0
   --etcd-servers="http://127.0.0.1:$ETCD_PORT"
@@ -239,7 +242,7 @@ start kube-apiserver "$LOGS/kube-apiserver.log" "$BIN/kube-apiserver" "${APISERV
 READY_TIMEOUT=${READY_TIMEOUT:-90}
 CURL=(curl -fsS --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key")
 ok=0
-for i in $(seq 1 $((READY_TIMEOUT * 2))); do
+for _ in $(seq 1 $((READY_TIMEOUT * 2))); do
   if "${CURL[@]}" "https://127.0.0.1:$APISERVER_PORT/readyz" >/dev/null 2>&1; then ok=1; break; fi
   alive kube-apiserver || { echo "kube-apiserver died; see $LOGS/kube-apiserver.log" >&2; tail -30 "$LOGS/kube-apiserver.log" >&2; exit 1; }
   sleep 0.5
@@ -273,8 +276,8 @@ CA_FILE=$PKI/ca.crt
 ADMIN_TOKEN=$ADMIN_TOKEN
 EOF
 echo "control plane up:"
-echo "  kube-apiserver  https://127.0.0.1:$APISERVER_PORT  (pid $(cat $RUN/kube-apiserver.pid), log $LOGS/kube-apiserver.log)"
-echo "  etcd            http://127.0.0.1:$ETCD_PORT  (pid $(cat $RUN/etcd.pid), log $LOGS/etcd.log)"
-[ "$START_KCM" = 1 ] && echo "  kube-controller-manager  (pid $(cat $RUN/kube-controller-manager.pid), log $LOGS/kube-controller-manager.log)"
+echo "  kube-apiserver  https://127.0.0.1:$APISERVER_PORT  (pid $(cat "$RUN/kube-apiserver.pid"), log $LOGS/kube-apiserver.log)"
+echo "  etcd            http://127.0.0.1:$ETCD_PORT  (pid $(cat "$RUN/etcd.pid"), log $LOGS/etcd.log)"
+[ "$START_KCM" = 1 ] && echo "  kube-controller-manager  (pid $(cat "$RUN/kube-controller-manager.pid"), log $LOGS/kube-controller-manager.log)"
 echo "  kubeconfig      $KUBECONFIG_OUT  (client cert, system:masters); token variant: $ROOT/kubeconfig-token"
 echo "  CA              $PKI/ca.crt   vars: $RUN/env"

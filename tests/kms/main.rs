@@ -10,6 +10,8 @@ mod aws;
 mod grpcurl;
 mod plugin;
 #[cfg(feature = "tpm")]
+mod static_binary;
+#[cfg(feature = "tpm")]
 mod tpm;
 mod v1_protocol;
 mod v2_protocol;
