@@ -93,15 +93,27 @@ async fn the_kind_static_pod_and_kubeadm_patch_are_valid() {
     );
     pod.metadata.namespace = Some(ns.name.clone());
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns.name);
-    pods.create(
-        &PostParams {
-            dry_run: true,
-            field_manager: Some("phylax-test".into()),
+    let dry_run = PostParams {
+        dry_run: true,
+        field_manager: Some("phylax-test".into()),
+    };
+    // The ServiceAccount admission plugin refuses pods until the namespace's default account exists.
+    crate::support::wait::wait_for(
+        "kind/kms-plugin.yaml accepted by the API server",
+        std::time::Duration::from_secs(30),
+        || async {
+            match pods.create(&dry_run, &pod).await {
+                Ok(_) => Some(()),
+                Err(kube::Error::Api(s))
+                    if s.message.contains("service account") || s.message.contains("serviceaccount") =>
+                {
+                    None
+                }
+                Err(e) => panic!("kind/kms-plugin.yaml refused by the API server: {e}"),
+            }
         },
-        &pod,
     )
-    .await
-    .expect("kind/kms-plugin.yaml refused by the API server");
+    .await;
 
     // The patch, applied to the shape of a kubeadm API server pod, gives the flag and mounts.
     let patch: json_patch::Patch = serde_yaml::from_str(
