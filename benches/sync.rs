@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
@@ -25,22 +24,6 @@ use support::control_plane::{ControlPlane, Options};
 use support::moto::Moto;
 use support::process::{Phylax, binary, cpu_time, rss_kib, run};
 use support::wait::wait_for;
-
-fn secrets_manager(moto: &Moto) -> aws_sdk_secretsmanager::Client {
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https();
-    let config = aws_sdk_secretsmanager::config::Builder::new()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("eu-west-1"))
-        .endpoint_url(&moto.url)
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "bench"))
-        .http_client(http)
-        .build();
-    aws_sdk_secretsmanager::Client::from_conf(config)
-}
 
 fn pod(name: &str, annotation: &str) -> Pod {
     serde_json::from_value(json!({
@@ -147,7 +130,7 @@ async fn bench() {
         &kube::api::ApiResource::erase::<phylax::api::secret_provider::SecretProvider>(&()),
     );
     let moto = Moto::start().await;
-    let sm = secrets_manager(&moto);
+    let sm = moto.secrets_manager();
     let first = namespaces(&client, "bench-a", 20).await;
     let op_ns = namespaces(&client, "bench-op", 1).await.remove(0);
     for ns in &first {

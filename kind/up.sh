@@ -45,7 +45,9 @@ fi
 
 step "kind cluster $CLUSTER"
 if ! kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
-  kind create cluster --config kind/cluster.yaml --wait 120s
+  # kind wants the mount's host path absolute.
+  sed "s|hostPath: kind/.state/node|hostPath: $STATE/node|" kind/cluster.yaml > "$STATE/cluster.yaml"
+  kind create cluster --config "$STATE/cluster.yaml" --wait 120s
 fi
 kind load docker-image "$IMAGE" --name "$CLUSTER"
 # The node reaches the host's swtpm through the kind network's gateway.

@@ -144,7 +144,7 @@ fn required(at: &str, field: &str, value: Option<String>) -> Result<String, Stri
 }
 
 /// A Secret data key: `[-._a-zA-Z0-9]+`, at most 253 characters, not `.` or `..`.
-fn is_secret_key(k: &str) -> bool {
+pub fn is_secret_key(k: &str) -> bool {
     !k.is_empty()
         && k.len() <= 253
         && k != "."

@@ -22,17 +22,12 @@ trait KmsClient {
 impl KmsClient for Moto {
     /// An AWS KMS client for the test's own set-up calls.
     fn kms(&self) -> aws_sdk_kms::Client {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
         let config = aws_sdk_kms::config::Builder::new()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("eu-west-1"))
             .endpoint_url(&self.url)
             .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
-            .http_client(http)
+            .http_client(Moto::http_client())
             .build();
         aws_sdk_kms::Client::from_conf(config)
     }

@@ -5,6 +5,11 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+#[cfg(all(feature = "aws", not(feature = "operator")))]
+use aws_sdk_kms::config::SharedHttpClient;
+#[cfg(feature = "operator")]
+use aws_sdk_secretsmanager::config::SharedHttpClient;
+
 use super::wait::wait_for;
 use super::{free_port, keeper};
 
@@ -38,6 +43,30 @@ impl Moto {
             url: format!("http://127.0.0.1:{port}"),
             port,
         }
+    }
+
+    /// An AWS SDK HTTP client over rustls with ring, as Phylax builds its own.
+    #[cfg(any(feature = "aws", feature = "operator"))]
+    pub fn http_client() -> SharedHttpClient {
+        aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https()
+    }
+
+    /// A Secrets Manager client for a test's own set-up calls.
+    #[cfg(feature = "operator")]
+    pub fn secrets_manager(&self) -> aws_sdk_secretsmanager::Client {
+        use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
+        let config = aws_sdk_secretsmanager::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("eu-west-1"))
+            .endpoint_url(&self.url)
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
+            .http_client(Self::http_client())
+            .build();
+        aws_sdk_secretsmanager::Client::from_conf(config)
     }
 
     /// Credentials moto accepts, and no other source of them for the child.

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use serde_json::json;
@@ -18,22 +17,6 @@ use crate::support::wait::wait_for;
 use crate::*;
 
 const PLANTED: &str = "planted-aws-value-5d1c2e";
-
-fn secrets_manager(moto: &Moto) -> aws_sdk_secretsmanager::Client {
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https();
-    let config = aws_sdk_secretsmanager::config::Builder::new()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("eu-west-1"))
-        .endpoint_url(&moto.url)
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
-        .http_client(http)
-        .build();
-    aws_sdk_secretsmanager::Client::from_conf(config)
-}
 
 async fn put(sm: &aws_sdk_secretsmanager::Client, name: &str, value: &str) {
     sm.create_secret()
@@ -50,7 +33,7 @@ async fn aws_secrets_reach_only_the_namespaces_and_paths_the_provider_allows() {
     let client = cluster().client().await;
     install_crds(&client).await;
     let moto = Moto::start().await;
-    let sm = secrets_manager(&moto);
+    let sm = moto.secrets_manager();
     // The operator reaches moto through a relay the test can cut.
     let mut relay = Relay::start(moto.port).await;
     let shop = namespace(&client, "shop", &[("team", "shop")]).await;

@@ -12,7 +12,6 @@ use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 use serde_json::json;
 
-use crate::support::cluster::cluster;
 use crate::support::random_suffix;
 use crate::*;
 
@@ -21,11 +20,13 @@ const PLANTED: &str = "planted-file-value-91be44";
 #[tokio::test]
 async fn every_failure_is_an_event_saying_what_to_do_and_nothing_is_written() {
     let _one = serial().await;
-    let client = cluster().client().await;
-    install_crds(&client).await;
-    let ns = namespace(&client, "fail", &[]).await;
-    let op_ns = namespace(&client, "op", &[]).await;
-    let dir = tempfile::tempdir().unwrap();
+    let FileSetup {
+        client,
+        ns,
+        op_ns,
+        dir,
+        provider,
+    } = file_setup("fail", &["*"]).await;
     write_json(dir.path(), "ok", &json!({"A": PLANTED}));
     write_json(dir.path(), "other", &json!({"B": "2"}));
     std::fs::write(
@@ -34,13 +35,6 @@ async fn every_failure_is_an_event_saying_what_to_do_and_nothing_is_written() {
     )
     .unwrap();
     write_json(dir.path(), "big", &json!({"A": "x".repeat(1024 * 1024 + 10)}));
-    let provider = format!("file-{}", random_suffix());
-    apply_provider(
-        &client,
-        &provider,
-        json!({"file": {"directory": dir.path()}, "namespaces": {"names": [ns.name]}, "paths": ["*"]}),
-    )
-    .await;
     // Someone else's Secret under a name a pod will ask for.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
     let foreign = Secret {

@@ -10,27 +10,20 @@ use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use crate::support::cluster::cluster;
-use crate::support::random_suffix;
 use crate::support::wait::wait_for;
 use crate::*;
 
 #[tokio::test]
 async fn new_pods_bring_source_changes_and_undo_hand_edits() {
     let _one = serial().await;
-    let client = cluster().client().await;
-    install_crds(&client).await;
-    let ns = namespace(&client, "upd", &[]).await;
-    let op_ns = namespace(&client, "op", &[]).await;
-    let dir = tempfile::tempdir().unwrap();
+    let FileSetup {
+        client,
+        ns,
+        op_ns,
+        dir,
+        provider,
+    } = file_setup("upd", &["app"]).await;
     write_json(dir.path(), "app", &json!({"A": "1", "B": "1"}));
-    let provider = format!("file-{}", random_suffix());
-    apply_provider(
-        &client,
-        &provider,
-        json!({"file": {"directory": dir.path()}, "namespaces": {"names": [ns.name]}, "paths": ["app"]}),
-    )
-    .await;
     // No coalescing window: every pod reads the store.
     let mut op = operator(&op_ns.name, &["--sync-coalesce-window=0s"], &Default::default());
     started(&mut op).await;
@@ -98,19 +91,14 @@ async fn new_pods_bring_source_changes_and_undo_hand_edits() {
 #[tokio::test]
 async fn workloads_get_their_secret_before_their_pods() {
     let _one = serial().await;
-    let client = cluster().client().await;
-    install_crds(&client).await;
-    let ns = namespace(&client, "wl", &[]).await;
-    let op_ns = namespace(&client, "op", &[]).await;
-    let dir = tempfile::tempdir().unwrap();
+    let FileSetup {
+        client,
+        ns,
+        op_ns,
+        dir,
+        provider,
+    } = file_setup("wl", &["*"]).await;
     write_json(dir.path(), "web", &json!({"TOKEN": "t"}));
-    let provider = format!("file-{}", random_suffix());
-    apply_provider(
-        &client,
-        &provider,
-        json!({"file": {"directory": dir.path()}, "namespaces": {"names": [ns.name]}, "paths": ["*"]}),
-    )
-    .await;
     let mut op = operator(&op_ns.name, &[], &Default::default());
     started(&mut op).await;
     let deployment: Deployment = serde_json::from_value(json!({
@@ -138,22 +126,17 @@ async fn workloads_get_their_secret_before_their_pods() {
 #[tokio::test]
 async fn an_operator_killed_mid_burst_loses_nothing() {
     let _one = serial().await;
-    let client = cluster().client().await;
-    install_crds(&client).await;
-    let ns = namespace(&client, "burst", &[]).await;
-    let op_ns = namespace(&client, "op", &[]).await;
-    let dir = tempfile::tempdir().unwrap();
+    let FileSetup {
+        client,
+        ns,
+        op_ns,
+        dir,
+        provider,
+    } = file_setup("burst", &["*"]).await;
     const PODS: usize = 40;
     for i in 0..PODS {
         write_json(dir.path(), &format!("s{i}"), &json!({"I": i.to_string()}));
     }
-    let provider = format!("file-{}", random_suffix());
-    apply_provider(
-        &client,
-        &provider,
-        json!({"file": {"directory": dir.path()}, "namespaces": {"names": [ns.name]}, "paths": ["*"]}),
-    )
-    .await;
     let mut op = operator(&op_ns.name, &["--sync-concurrency=1"], &Default::default());
     started(&mut op).await;
     for i in 0..PODS {
@@ -207,19 +190,14 @@ async fn an_operator_killed_mid_burst_loses_nothing() {
 #[tokio::test]
 async fn only_the_leader_writes() {
     let _one = serial().await;
-    let client = cluster().client().await;
-    install_crds(&client).await;
-    let ns = namespace(&client, "lead", &[]).await;
-    let op_ns = namespace(&client, "op", &[]).await;
-    let dir = tempfile::tempdir().unwrap();
+    let FileSetup {
+        client,
+        ns,
+        op_ns,
+        dir,
+        provider,
+    } = file_setup("lead", &["*"]).await;
     write_json(dir.path(), "x", &json!({"X": "1"}));
-    let provider = format!("file-{}", random_suffix());
-    apply_provider(
-        &client,
-        &provider,
-        json!({"file": {"directory": dir.path()}, "namespaces": {"names": [ns.name]}, "paths": ["*"]}),
-    )
-    .await;
     let lease = [
         "--leader-elect=true",
         "--lease-duration=4s",

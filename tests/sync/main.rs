@@ -251,6 +251,38 @@ pub async fn assert_never_leaked(client: &Client, op: &Phylax, namespaces: &[&st
     }
 }
 
+/// What the file-store tests start from: the CRDs, an app namespace, the operator's namespace, a
+/// store directory, and a SecretProvider over it that lets the app namespace read `paths`.
+pub struct FileSetup {
+    pub client: Client,
+    pub ns: TestNamespace,
+    pub op_ns: TestNamespace,
+    pub dir: tempfile::TempDir,
+    pub provider: String,
+}
+
+pub async fn file_setup(prefix: &str, paths: &[&str]) -> FileSetup {
+    let client = cluster().client().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, prefix, &[]).await;
+    let op_ns = namespace(&client, "op", &[]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = format!("file-{}", support::random_suffix());
+    apply_provider(
+        &client,
+        &provider,
+        json!({"file": {"directory": dir.path()}, "namespaces": {"names": [ns.name]}, "paths": paths}),
+    )
+    .await;
+    FileSetup {
+        client,
+        ns,
+        op_ns,
+        dir,
+        provider,
+    }
+}
+
 pub fn write_json(dir: &Path, rel: &str, value: &Value) {
     let file = dir.join(format!("{rel}.json"));
     std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use sha2::{Digest, Sha256};
 
+pub use crate::api::sync_annotation::is_secret_key;
+
 /// The API server's limit on a Secret's data.
 pub const MAX_SECRET_BYTES: usize = 1024 * 1024;
 
@@ -108,15 +110,6 @@ pub fn content_hash(data: &Data) -> String {
     let digest = h.finalize();
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
-}
-
-pub fn is_secret_key(k: &str) -> bool {
-    !k.is_empty()
-        && k.len() <= 253
-        && k != "."
-        && k != ".."
-        && k.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 fn clip(s: &str) -> String {
