@@ -127,6 +127,29 @@ async fn aws_secrets_reach_only_the_namespaces_and_paths_the_provider_allows() {
         "{note}"
     );
 
+    // A provider that assumes a role first (STS AssumeRole, served by moto too).
+    let assumed = format!("aws-role-{}", random_suffix());
+    apply_provider(
+        &client,
+        &assumed,
+        json!({"aws": {"region": "eu-west-1", "endpoint": relay.url(),
+                       "roleArn": "arn:aws:iam::123456789012:role/phylax-sync"},
+               "namespaces": {"names": [shop.name]}, "paths": ["/shared/*"]}),
+    )
+    .await;
+    provider_condition(&client, &assumed, "Ready", "True").await;
+    create_pod(
+        &client,
+        &shop.name,
+        "assumed",
+        &format!("{{provider: {assumed}, path: /shared/db, secretName: via-role}}"),
+    )
+    .await;
+    assert_eq!(
+        data_of(&wait_secret(&client, &shop.name, "via-role").await)["DB_HOST"],
+        "db.internal"
+    );
+
     let synced = op
         .metric_sum(
             "phylax_secret_sync_syncs_total",
