@@ -20,14 +20,6 @@ pub struct AwsStore {
     timeout: Duration,
 }
 
-fn is_loopback(host: &str) -> bool {
-    host == "localhost"
-        || host
-            .trim_matches(['[', ']'])
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 impl AwsStore {
     pub async fn new(spec: &secret_provider::AwsStore, ctx: &Context) -> Result<AwsStore, StoreError> {
         if spec.region.trim().is_empty() {
@@ -41,13 +33,7 @@ impl AwsStore {
             .http_client(http)
             .region(aws_config::Region::new(spec.region.clone()));
         if let Some(endpoint) = &spec.endpoint {
-            let url = url::Url::parse(endpoint)
-                .map_err(|e| StoreError::Config(format!("aws.endpoint {endpoint:?} is not a URL ({e})")))?;
-            if url.scheme() != "https" && !url.host_str().is_some_and(is_loopback) {
-                return Err(StoreError::Config(format!(
-                    "aws.endpoint {endpoint:?} must be https:// (plain http only on loopback, for emulators)"
-                )));
-            }
+            super::https_url("aws.endpoint", endpoint)?;
             loader = loader.endpoint_url(endpoint.clone());
         }
         let mut config = loader.load().await;

@@ -62,18 +62,7 @@ pub fn check_path(path: &str) -> Result<&str, StoreError> {
 
 impl AzureStore {
     pub fn new(spec: &secret_provider::AzureStore, ctx: &Context) -> Result<AzureStore, StoreError> {
-        let vault = url::Url::parse(&spec.vault_url).map_err(|e| {
-            StoreError::Config(format!("azure.vaultUrl {:?} is not a URL ({e})", spec.vault_url))
-        })?;
-        let loopback = vault
-            .host_str()
-            .is_some_and(|h| h == "localhost" || h == "127.0.0.1" || h == "[::1]");
-        if vault.scheme() != "https" && !loopback {
-            return Err(StoreError::Config(format!(
-                "azure.vaultUrl {:?} must be https://",
-                spec.vault_url
-            )));
-        }
+        let vault = super::https_url("azure.vaultUrl", &spec.vault_url)?;
         let ok_id = |s: &str| {
             !s.is_empty()
                 && s.bytes()
@@ -89,9 +78,8 @@ impl AzureStore {
             .clone()
             .or_else(|| std::env::var("AZURE_AUTHORITY_HOST").ok())
             .unwrap_or_else(|| DEFAULT_AUTHORITY.into());
-        let authority = url::Url::parse(&authority).map_err(|e| {
-            StoreError::Config(format!("azure.authorityHost {authority:?} is not a URL ({e})"))
-        })?;
+        // The client secret or federated token goes there: https only (loopback aside).
+        let authority = super::https_url("azure.authorityHost", &authority)?;
         let token_url = authority
             .join(&format!("{}/oauth2/v2.0/token", spec.tenant_id))
             .map_err(|e| StoreError::Config(format!("azure.authorityHost: {e}")))?
