@@ -81,9 +81,9 @@ struct Ctx {
     recorder: Recorder,
     metrics: SyncMetrics,
     slots: Semaphore,
-    /// uid → hash of the annotation last seen, for every object that asks: a sync whose object is
-    /// gone or whose annotation changed since is dropped.
-    current: Mutex<HashMap<String, u64>>,
+    /// uid → (kind, hash of the annotation last seen), for every object that asks: a sync whose
+    /// object is gone or whose annotation changed since is dropped.
+    current: Mutex<HashMap<String, (Kind, u64)>>,
     retry_max: Duration,
 }
 
@@ -221,7 +221,6 @@ pub async fn run(
     tracing::info!("secret sync started");
     let (tx, mut rx) = mpsc::unbounded_channel::<Work>();
     let mut relisting: HashMap<Kind, HashSet<String>> = HashMap::new();
-    let mut kinds_of: HashMap<String, Kind> = HashMap::new();
     let mut tasks: JoinSet<()> = JoinSet::new();
     loop {
         tokio::select! {
@@ -233,19 +232,13 @@ pub async fn run(
                 Some(Ok(Seen::Listed(kind))) => {
                     // Forget objects of this kind that the new list no longer has.
                     if let Some(listed) = relisting.remove(&kind) {
-                        let gone: Vec<String> = kinds_of.iter()
-                            .filter(|(uid, k)| **k == kind && !listed.contains(*uid))
-                            .map(|(uid, _)| uid.clone())
-                            .collect();
-                        let mut current = ctx.current.lock().unwrap_or_else(|p| p.into_inner());
-                        for uid in gone {
-                            kinds_of.remove(&uid);
-                            current.remove(&uid);
-                        }
+                        ctx.current
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .retain(|uid, (k, _)| *k != kind || listed.contains(uid));
                     }
                 }
                 Some(Ok(Seen::Deleted { uid })) => {
-                    kinds_of.remove(&uid);
                     ctx.current.lock().unwrap_or_else(|p| p.into_inner()).remove(&uid);
                 }
                 Some(Ok(Seen::Object { kind, uid, trigger })) => {
@@ -256,12 +249,10 @@ pub async fn run(
                     match trigger {
                         None => {
                             current.remove(&uid);
-                            kinds_of.remove(&uid);
                         }
                         Some(trigger) => {
                             let hash = annotation_hash(&trigger.annotation);
-                            if current.insert(uid.clone(), hash) != Some(hash) {
-                                kinds_of.insert(uid, kind);
+                            if current.insert(uid, (kind, hash)).map(|(_, h)| h) != Some(hash) {
                                 let work = Work {
                                     trigger,
                                     only: None,
@@ -316,8 +307,11 @@ async fn drain<S: Stream<Item = Result<T, watcher::Error>>, T>(what: &'static st
 
 impl Ctx {
     fn is_current(&self, t: &Trigger) -> bool {
-        self.current.lock().unwrap_or_else(|p| p.into_inner()).get(&t.uid)
-            == Some(&annotation_hash(&t.annotation))
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&t.uid)
+            .is_some_and(|(_, h)| *h == annotation_hash(&t.annotation))
     }
 
     async fn publish(&self, t: &Trigger, type_: EventType, reason: &str, note: String) {

@@ -78,11 +78,6 @@ impl Trigger {
     }
 }
 
-/// The object's identity, whether or not it asks for anything (to forget deleted ones).
-pub fn uid_of(meta: &kube::api::ObjectMeta) -> Option<&str> {
-    meta.uid.as_deref()
-}
-
 pub fn from_pod(pod: &PartialObjectMeta<k8s_openapi::api::core::v1::Pod>) -> Option<Trigger> {
     let annotation = pod.metadata.annotations.as_ref()?.get(ANNOTATION)?;
     Some(Trigger {
