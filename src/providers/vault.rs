@@ -202,12 +202,17 @@ impl VaultStore {
         }
     }
 
-    async fn read(&self, token: &str, rel: &str) -> Result<serde_json::Value, ClientError> {
-        let client = self.client(token).map_err(|_| ClientError::ResponseEmptyError)?;
-        match self.kv_version {
+    /// Reads with a client for `token`; a client that cannot be built is a settings problem.
+    async fn read(
+        &self,
+        token: &str,
+        rel: &str,
+    ) -> Result<Result<serde_json::Value, ClientError>, StoreError> {
+        let client = self.client(token)?;
+        Ok(match self.kv_version {
             1 => vaultrs::kv1::get::<serde_json::Value>(&client, &self.mount, rel).await,
             _ => vaultrs::kv2::read::<serde_json::Value>(&client, &self.mount, rel).await,
-        }
+        })
     }
 }
 
@@ -229,12 +234,12 @@ impl Store for VaultStore {
         let deadline = self.ctx.timeout * 3;
         let work = async {
             let token = self.token(false).await?;
-            let value = match self.read(&token, rel).await {
+            let value = match self.read(&token, rel).await? {
                 // A token Vault no longer accepts (expired, revoked, rotated Secret): once more
                 // with a fresh one before calling it access denied.
                 Err(ClientError::APIError { code: 403, .. }) => {
                     let token = self.token(true).await?;
-                    self.read(&token, rel).await
+                    self.read(&token, rel).await?
                 }
                 other => other,
             }
