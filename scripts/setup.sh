@@ -14,6 +14,9 @@ python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v swtpm >/dev/null || missing+=(swtpm swtpm-tools)
 command -v tpm2_startup >/dev/null || missing+=(tpm2-tools)
 pkg-config --exists tss2-esys 2>/dev/null || missing+=(libtss2-dev)
+# The node agent compiles seccomp profiles with libseccomp; gperf builds its static musl copy.
+pkg-config --exists libseccomp 2>/dev/null || missing+=(libseccomp-dev)
+command -v gperf >/dev/null || missing+=(gperf)
 # Packaging checks: the Nix files are parsed (nix-instantiate), `file` tells a static binary.
 command -v nix-instantiate >/dev/null || missing+=(nix-bin)
 command -v file >/dev/null || missing+=(file)

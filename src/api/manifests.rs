@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use clap::Args;
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Namespace,
-    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
-    Toleration, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, HostPathVolumeSource,
+    Namespace, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServiceAccount,
+    ServicePort, ServiceSpec, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role as RbacRole, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -153,6 +153,21 @@ pub fn manifests(args: &ManifestArgs) -> anyhow::Result<Vec<Value>> {
                     "name": "phylax-operator-secret-sync"},
         "subjects": [{"kind": "ServiceAccount", "name": object_name(Role::Operator), "namespace": ns}],
     })))?;
+    // operator: profiles. It aggregates the node agents' reports into each profile's status,
+    // and removes the finalizers and reports of nodes that are gone.
+    for obj in cluster_role(
+        ns,
+        "phylax-operator-profiles",
+        Role::Operator,
+        serde_json::json!([
+            {"apiGroups": ["profiles.phylax.dev"], "resources": ["seccompprofiles", "apparmorprofiles"], "verbs": ["list", "watch", "patch"]},
+            {"apiGroups": ["profiles.phylax.dev"], "resources": ["seccompprofiles/status", "apparmorprofiles/status"], "verbs": ["patch"]},
+            {"apiGroups": ["profiles.phylax.dev"], "resources": ["profilenodestatuses"], "verbs": ["list", "watch", "delete"]},
+            {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]},
+        ]),
+    ) {
+        push(Ok(obj))?;
+    }
     push(serde_json::to_value(deployment(
         ns,
         &args.image,
@@ -162,18 +177,49 @@ pub fn manifests(args: &ManifestArgs) -> anyhow::Result<Vec<Value>> {
     )))?;
     push(serde_json::to_value(admin_service(ns, Role::Operator)))?;
 
-    // webhook: no API access needed yet. Its serving certificate comes from the Secret
-    // `phylax-webhook-tls` (kubernetes.io/tls), re-read when the kubelet updates the volume.
-    push(serde_json::to_value(service_account(ns, Role::Webhook, false)))?;
+    // webhook: reads ProfileBindings, ProfileRecordings and the profiles' states to bind
+    // profiles to new pods. Its serving certificate comes from the Secret `phylax-webhook-tls`
+    // (kubernetes.io/tls), re-read when the kubelet updates the volume.
+    push(serde_json::to_value(service_account(ns, Role::Webhook, true)))?;
+    for obj in cluster_role(
+        ns,
+        "phylax-webhook-profiles",
+        Role::Webhook,
+        serde_json::json!([
+            {"apiGroups": ["profiles.phylax.dev"],
+             "resources": ["profilebindings", "profilerecordings", "seccompprofiles", "apparmorprofiles"],
+             "verbs": ["list", "watch"]},
+        ]),
+    ) {
+        push(Ok(obj))?;
+    }
     push(serde_json::to_value(webhook_deployment(ns, &args.image)))?;
     push(serde_json::to_value(webhook_service(ns)))?;
-    if let Some(config) = validating_webhooks(ns, args.webhooks) {
-        push(Ok(config))?;
+    for mutating in [false, true] {
+        if let Some(config) = webhook_configuration(ns, args.webhooks, mutating) {
+            push(Ok(config))?;
+        }
     }
     push(serde_json::to_value(admin_service(ns, Role::Webhook)))?;
 
-    // node-agent: one per node, including control-plane nodes.
-    push(serde_json::to_value(service_account(ns, Role::NodeAgent, false)))?;
+    // node-agent: one per node, including control-plane nodes. It watches its node's pods,
+    // installs profiles (a finalizer per node), reports in ProfileNodeStatus objects, and writes
+    // the SeccompProfiles recordings produce.
+    push(serde_json::to_value(service_account(ns, Role::NodeAgent, true)))?;
+    for obj in cluster_role(
+        ns,
+        "phylax-node-agent",
+        Role::NodeAgent,
+        serde_json::json!([
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+            {"apiGroups": ["profiles.phylax.dev"], "resources": ["seccompprofiles", "apparmorprofiles"], "verbs": ["get", "list", "watch", "patch"]},
+            {"apiGroups": ["profiles.phylax.dev"], "resources": ["seccompprofiles"], "verbs": ["create", "update"]},
+            {"apiGroups": ["profiles.phylax.dev"], "resources": ["profilenodestatuses"], "verbs": ["create", "patch", "delete"]},
+            {"apiGroups": ["profiles.phylax.dev"], "resources": ["profilenodestatuses/status"], "verbs": ["patch"]},
+        ]),
+    ) {
+        push(Ok(obj))?;
+    }
     push(serde_json::to_value(node_agent(ns, &args.image)))?;
     Ok(out)
 }
@@ -236,6 +282,25 @@ fn rule(group: &str, resource: &str, verbs: &[&str], name: Option<&str>) -> Poli
         resource_names: name.map(|n| vec![n.to_owned()]),
         ..Default::default()
     }
+}
+
+/// A ClusterRole and its binding to the role's ServiceAccount.
+fn cluster_role(ns: &str, name: &str, role: Role, rules: Value) -> [Value; 2] {
+    [
+        serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": name, "labels": labels(Some(role))},
+            "rules": rules,
+        }),
+        serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": name, "labels": labels(Some(role))},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": object_name(role), "namespace": ns}],
+        }),
+    ]
 }
 
 fn role_binding(ns: &str, name: &str, role: Role) -> RoleBinding {
@@ -413,11 +478,11 @@ fn webhook_deployment(ns: &str, image: &str) -> Deployment {
     d
 }
 
-/// The ValidatingWebhookConfiguration for every validating webhook, called through the
-/// `phylax-webhook` Service. It leaves out kube-system, Phylax's own namespace and anything
-/// labelled `phylax.dev/webhooks: disabled`. Its `caBundle` is filled in at run time (the
-/// operator, or cert-manager's `cert-manager.io/inject-ca-from` annotation if you prefer).
-fn validating_webhooks(ns: &str, scope: WebhookScope) -> Option<Value> {
+/// The Validating- or MutatingWebhookConfiguration `phylax` for every webhook of that kind,
+/// called through the `phylax-webhook` Service. It leaves out kube-system, Phylax's own namespace
+/// and anything labelled `phylax.dev/webhooks: disabled`. Its `caBundle` is filled in at run time
+/// (the operator, or cert-manager's `cert-manager.io/inject-ca-from` annotation if you prefer).
+fn webhook_configuration(ns: &str, scope: WebhookScope, mutating: bool) -> Option<Value> {
     use super::webhooks::{OPT_IN_VALUE, OPT_OUT_LABEL, OPT_OUT_VALUE, TIMEOUT_SECONDS, WEBHOOKS};
     let in_scope = match scope {
         WebhookScope::OptOut => {
@@ -429,7 +494,7 @@ fn validating_webhooks(ns: &str, scope: WebhookScope) -> Option<Value> {
     };
     let hooks: Vec<Value> = WEBHOOKS
         .iter()
-        .filter(|w| !w.mutating)
+        .filter(|w| w.mutating == mutating)
         .map(|w| {
             let rules: Vec<Value> = w
                 .rules
@@ -441,7 +506,7 @@ fn validating_webhooks(ns: &str, scope: WebhookScope) -> Option<Value> {
                     })
                 })
                 .collect();
-            serde_json::json!({
+            let mut hook = serde_json::json!({
                 "name": format!("{}.phylax.dev", w.name),
                 "clientConfig": {"service": {"namespace": ns, "name": object_name(Role::Webhook),
                                              "path": w.path(), "port": 443}},
@@ -458,7 +523,12 @@ fn validating_webhooks(ns: &str, scope: WebhookScope) -> Option<Value> {
                 "objectSelector": {"matchExpressions": [
                     {"key": OPT_OUT_LABEL, "operator": "NotIn", "values": [OPT_OUT_VALUE]},
                 ]},
-            })
+            });
+            if mutating {
+                // Called again when a later webhook changes the pod; the patches are idempotent.
+                hook["reinvocationPolicy"] = "IfNeeded".into();
+            }
+            hook
         })
         .collect();
     if hooks.is_empty() {
@@ -466,7 +536,7 @@ fn validating_webhooks(ns: &str, scope: WebhookScope) -> Option<Value> {
     }
     Some(serde_json::json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingWebhookConfiguration",
+        "kind": if mutating { "MutatingWebhookConfiguration" } else { "ValidatingWebhookConfiguration" },
         "metadata": {"name": "phylax", "labels": labels(Some(Role::Webhook))},
         "webhooks": hooks,
     }))
@@ -494,14 +564,70 @@ fn webhook_service(ns: &str) -> Service {
 
 fn node_agent(ns: &str, image: &str) -> DaemonSet {
     let role = Role::NodeAgent;
-    let mut template = pod_template(image, role, &[]);
+    let mut template = pod_template(
+        image,
+        role,
+        &[
+            "--kubelet-root=/var/lib/kubelet",
+            "--audit-source=/dev/kmsg",
+            "--proc-root=/host/proc",
+        ],
+    );
     if let Some(spec) = template.spec.as_mut() {
         spec.tolerations = Some(vec![Toleration {
             operator: Some("Exists".into()),
             ..Default::default()
         }]);
-        if let Some(env) = spec.containers[0].env.as_mut() {
+        // Root without capabilities owns the kubelet's root-owned seccomp directory; CAP_SYSLOG
+        // reads /dev/kmsg. Loading AppArmor profiles would also need CAP_MAC_ADMIN and
+        // apparmor_parser in the image: without them the agent reports AppArmor unsupported.
+        if let Some(sc) = spec.security_context.as_mut() {
+            sc.run_as_non_root = Some(false);
+        }
+        let host = |name: &str, path: &str, kind: &str| Volume {
+            name: name.into(),
+            host_path: Some(HostPathVolumeSource {
+                path: path.into(),
+                type_: Some(kind.into()),
+            }),
+            ..Default::default()
+        };
+        spec.volumes = Some(vec![
+            host("seccomp", "/var/lib/kubelet/seccomp", "DirectoryOrCreate"),
+            host("kmsg", "/dev/kmsg", "CharDevice"),
+            host("proc", "/proc", "Directory"),
+        ]);
+        let c = &mut spec.containers[0];
+        if let Some(env) = c.env.as_mut() {
             env.push(field_env("NODE_NAME", "spec.nodeName"));
+        }
+        c.volume_mounts = Some(vec![
+            VolumeMount {
+                name: "seccomp".into(),
+                mount_path: "/var/lib/kubelet/seccomp".into(),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "kmsg".into(),
+                mount_path: "/dev/kmsg".into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "proc".into(),
+                mount_path: "/host/proc".into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ]);
+        if let Some(sc) = c.security_context.as_mut() {
+            sc.run_as_non_root = Some(false);
+            sc.run_as_user = Some(0);
+            sc.run_as_group = Some(0);
+            sc.capabilities = Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: Some(vec!["SYSLOG".into()]),
+            });
         }
     }
     DaemonSet {

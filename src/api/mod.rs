@@ -2,7 +2,9 @@
 //! deployment manifests rendered from the same code, so what is installed matches what runs.
 
 pub mod manifests;
+pub mod profiles;
 pub mod secret_provider;
+pub mod selectors;
 pub mod sync_annotation;
 pub mod webhooks;
 
@@ -10,10 +12,17 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 
 /// Every CRD of this build, in a stable order.
 ///
-/// The profile kinds, the ephemeral kinds and `TokenShield` arrive with their features.
+/// The ephemeral kinds and `TokenShield` arrive with their features.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     use kube::CustomResourceExt;
-    vec![secret_provider::SecretProvider::crd()]
+    vec![
+        secret_provider::SecretProvider::crd(),
+        profiles::SeccompProfile::crd(),
+        profiles::AppArmorProfile::crd(),
+        profiles::ProfileBinding::crd(),
+        profiles::ProfileRecording::crd(),
+        profiles::ProfileNodeStatus::crd(),
+    ]
 }
 
 /// YAML documents, each starting with `---`, after a comment naming what they are.

@@ -31,33 +31,49 @@ impl WebhookSpec {
 
 const CREATE_UPDATE: &[&str] = &["CREATE", "UPDATE"];
 
-pub const WEBHOOKS: &[WebhookSpec] = &[WebhookSpec {
-    name: "secret-sync",
-    mutating: false,
-    rules: &[
-        Rule {
+pub const WEBHOOKS: &[WebhookSpec] = &[
+    WebhookSpec {
+        name: "secret-sync",
+        mutating: false,
+        rules: &[
+            Rule {
+                groups: &[""],
+                versions: &["v1"],
+                resources: &["pods"],
+                operations: CREATE_UPDATE,
+            },
+            Rule {
+                groups: &["apps"],
+                versions: &["v1"],
+                resources: &["deployments", "statefulsets", "daemonsets", "replicasets"],
+                operations: CREATE_UPDATE,
+            },
+            Rule {
+                groups: &["batch"],
+                versions: &["v1", "v1beta1"],
+                resources: &["jobs", "cronjobs"],
+                operations: CREATE_UPDATE,
+            },
+        ],
+        // A validation of convenience: when the webhook is down, pods still start (the controller
+        // reports the same mistake as an event).
+        failure_policy: "Ignore",
+    },
+    WebhookSpec {
+        name: "profiles",
+        mutating: true,
+        rules: &[Rule {
             groups: &[""],
             versions: &["v1"],
             resources: &["pods"],
-            operations: CREATE_UPDATE,
-        },
-        Rule {
-            groups: &["apps"],
-            versions: &["v1"],
-            resources: &["deployments", "statefulsets", "daemonsets", "replicasets"],
-            operations: CREATE_UPDATE,
-        },
-        Rule {
-            groups: &["batch"],
-            versions: &["v1", "v1beta1"],
-            resources: &["jobs", "cronjobs"],
-            operations: CREATE_UPDATE,
-        },
-    ],
-    // A validation of convenience: when the webhook is down, pods still start (the controller
-    // reports the same mistake as an event).
-    failure_policy: "Ignore",
-}];
+            operations: &["CREATE"],
+        }],
+        // A pod a ProfileBinding covers must not start without its profile because the webhook was
+        // down. kube-system, Phylax's namespace and namespaces labelled `phylax.dev/webhooks:
+        // disabled` are never sent to it.
+        failure_policy: "Fail",
+    },
+];
 
 /// Label that takes a namespace or an object out of every Phylax webhook.
 pub const OPT_OUT_LABEL: &str = "phylax.dev/webhooks";

@@ -14,7 +14,8 @@ pub fn start(
     settings: &super::Settings,
 ) -> JoinSet<anyhow::Result<()>> {
     let mut controllers = JoinSet::new();
-    // Profiles, ephemeral data and tokenization arrive with their own issues.
+    // Ephemeral data and tokenization arrive with their own issues.
+    controllers.spawn(super::profiles::run(client.clone(), term.clone()));
     controllers.spawn(super::secret_sync::run(
         client.clone(),
         settings.namespace.clone(),

@@ -1,6 +1,7 @@
 //! The `operator` role: every controller, run by the elected leader only.
 
 mod controllers;
+pub mod profiles;
 pub mod secret_sync;
 pub mod webhook_ca;
 

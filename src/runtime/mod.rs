@@ -4,6 +4,8 @@
 pub mod admin;
 pub mod backoff;
 pub mod duration;
+#[cfg(any(feature = "operator", feature = "node-agent"))]
+pub mod finalizers;
 #[cfg(feature = "k8s-client")]
 pub mod kube;
 #[cfg(feature = "k8s-client")]

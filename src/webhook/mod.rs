@@ -1,6 +1,7 @@
 //! The `webhook` role: an HTTPS admission server (AdmissionReview v1) whose webhooks are pure
 //! functions (`review::Handler`), with a serving certificate re-read on rotation.
 
+pub mod mutate;
 pub mod review;
 pub mod server;
 pub mod tls;
@@ -25,6 +26,9 @@ use review::{FailurePolicy, Handler};
 pub struct Args {
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+
+    #[command(flatten)]
+    pub kube: crate::runtime::kube::KubeArgs,
 
     /// Address of the HTTPS admission server
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8443")]
@@ -57,9 +61,72 @@ fn parse_policy(s: &str) -> Result<(String, FailurePolicy), String> {
     Ok((name.to_owned(), policy))
 }
 
-/// Every webhook this build serves.
-pub fn handlers() -> Vec<Arc<dyn Handler>> {
-    vec![Arc::new(validate::secret_sync::SecretSyncAnnotation)]
+/// Every webhook this build serves; `profiles` is the cluster state the profile binder reads.
+pub fn handlers(profiles: mutate::profiles::ProfileIndex) -> Vec<Arc<dyn Handler>> {
+    vec![
+        Arc::new(validate::secret_sync::SecretSyncAnnotation),
+        Arc::new(mutate::profiles::ProfileBinder { index: profiles }),
+    ]
+}
+
+/// Watches what the profile binder decides on. The role is ready once every store has listed.
+fn watch_profiles(
+    client: kube::Client,
+    synced: crate::runtime::admin::ReadyFlag,
+) -> (mutate::profiles::ProfileIndex, tokio::task::JoinSet<()>) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+
+    fn watch<K>(client: &kube::Client, tasks: &mut tokio::task::JoinSet<()>) -> reflector::Store<K>
+    where
+        K: kube::Resource<DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+    {
+        let (reader, writer) = reflector::store();
+        let stream = reflector::reflector(
+            writer,
+            watcher(kube::Api::<K>::all(client.clone()), watcher::Config::default()),
+        )
+        .default_backoff();
+        tasks.spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(item) = stream.next().await {
+                if let Err(e) = item {
+                    tracing::warn!(error = %e, kind = %K::kind(&()), "watch failed; retrying");
+                }
+            }
+        });
+        reader
+    }
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let index = mutate::profiles::ProfileIndex {
+        bindings: watch(&client, &mut tasks),
+        recordings: watch(&client, &mut tasks),
+        seccomp: watch(&client, &mut tasks),
+        apparmor: watch(&client, &mut tasks),
+        synced: Default::default(),
+    };
+    let waiting = index.clone();
+    tasks.spawn(async move {
+        let all = futures::future::join4(
+            waiting.bindings.wait_until_ready(),
+            waiting.recordings.wait_until_ready(),
+            waiting.seccomp.wait_until_ready(),
+            waiting.apparmor.wait_until_ready(),
+        )
+        .await;
+        if all.0.is_ok() && all.1.is_ok() && all.2.is_ok() && all.3.is_ok() {
+            waiting.synced.store(true, std::sync::atomic::Ordering::SeqCst);
+            synced.set(true);
+        }
+    });
+    (index, tasks)
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -71,8 +138,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         )
     })?;
     let acceptor = TlsAcceptor::from(Arc::new(cert.server_config()?));
+    let client = crate::runtime::kube::connect(&args.kube).await?;
+    let (profiles, _watches) = watch_profiles(client, rt.readiness.register("profile-index-synced"));
     let webhooks = server::Webhooks::new(
-        handlers(),
+        handlers(profiles),
         &args.failure_policies,
         args.handler_timeout,
         &rt.metrics,
@@ -136,7 +205,7 @@ mod tests {
 
     #[test]
     fn every_served_webhook_is_registered_and_every_registered_one_served() {
-        let served = handlers();
+        let served = handlers(mutate::profiles::ProfileIndex::empty());
         for h in &served {
             let spec = WEBHOOKS.iter().find(|w| w.name == h.name());
             assert!(

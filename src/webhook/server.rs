@@ -255,7 +255,7 @@ mod tests {
     }
 
     fn app_with(timeout: Duration) -> Router {
-        let mut handlers = crate::webhook::handlers();
+        let mut handlers = crate::webhook::handlers(crate::webhook::mutate::profiles::ProfileIndex::empty());
         handlers.push(Arc::new(Panics));
         handlers.push(Arc::new(Slow));
         let webhooks = Webhooks::new(handlers, &[], timeout, &Metrics::new("webhook")).unwrap();

@@ -3,9 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-
 use crate::api::secret_provider::{NamespaceRules, SecretProviderSpec};
+use crate::api::selectors::{glob_matches, selector_matches};
 
 /// Why a request is refused; the message names the provider's field to change.
 pub fn check(
@@ -54,60 +53,16 @@ pub fn namespace_allowed(rules: &NamespaceRules, namespace: &str, labels: &BTree
             .is_some_and(|s| selector_matches(s, labels))
 }
 
-/// Kubernetes label-selector semantics: every matchLabels pair and every expression must hold;
-/// an empty selector matches everything. An unknown operator matches nothing.
-pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let pairs = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let exprs = selector.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.as_deref().unwrap_or_default();
-        let value = labels.get(&e.key);
-        match e.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            _ => false,
-        }
-    });
-    pairs && exprs
-}
-
 /// `*` matches any run of characters (also across `/`); `{namespace}` is the requesting namespace.
 pub fn path_matches(pattern: &str, namespace: &str, path: &str) -> bool {
     let pattern = pattern.replace("{namespace}", namespace);
-    glob(pattern.as_bytes(), path.as_bytes())
-}
-
-/// Wildcard match with backtracking to the last `*` only: linear in practice, never exponential.
-fn glob(p: &[u8], s: &[u8]) -> bool {
-    let (mut pi, mut si) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, si));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == s[si] {
-            pi += 1;
-            si += 1;
-        } else if let Some((sp, ss)) = star {
-            pi = sp + 1;
-            si = ss + 1;
-            star = Some((sp, ss + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == b'*')
+    glob_matches(&pattern, path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()

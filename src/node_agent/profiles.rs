@@ -1,0 +1,471 @@
+//! The node agent's two controllers: `SeccompProfile`s become files in the kubelet's seccomp
+//! directory, `AppArmorProfile`s are loaded with apparmor_parser. Each adds this node's finalizer
+//! before installing, so a deleted profile waits until this node has removed it, and this node
+//! removes it only once none of its pods uses it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::error_boundary::DeserializeGuard;
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio_util::sync::CancellationToken;
+
+use super::apparmor::{self, Support};
+use super::install::{ProfileDir, Written};
+use super::metrics::ProfileMetrics;
+use super::report::Reports;
+use super::seccomp;
+use crate::api::profiles::{
+    AppArmorProfile, NodeReport, NodeState, ProfileKind, SeccompProfile, node_finalizer, profiles_used,
+};
+use crate::runtime::admin::ReadyFlag;
+use crate::runtime::finalizers;
+
+type GuardedSeccomp = DeserializeGuard<SeccompProfile>;
+type GuardedAppArmor = DeserializeGuard<AppArmorProfile>;
+
+/// What both controllers share.
+pub struct Shared {
+    pub client: Client,
+    pub node: String,
+    pub pods: Store<Pod>,
+    pub dir: ProfileDir,
+    pub apparmor: Support,
+    pub metrics: ProfileMetrics,
+    pub reports: Reports,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Io(String),
+}
+
+impl Shared {
+    /// Pods on this node that use the profile and have not ended, `namespace/name`, sorted.
+    fn users(&self, kind: ProfileKind, name: &str) -> Vec<String> {
+        let mut users: Vec<String> = self
+            .pods
+            .state()
+            .iter()
+            .filter(|p| {
+                !matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                )
+            })
+            .filter(|p| {
+                let (seccomp, apparmor) = profiles_used(p.spec.as_ref(), p.metadata.annotations.as_ref());
+                match kind {
+                    ProfileKind::SeccompProfile => seccomp.iter().any(|n| n == name),
+                    ProfileKind::AppArmorProfile => apparmor.iter().any(|n| n == name),
+                }
+            })
+            .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
+            .collect();
+        users.sort();
+        users
+    }
+
+    /// Writes this node's report on the profile (nothing when unchanged).
+    async fn report<K: Resource>(
+        &self,
+        kind: ProfileKind,
+        obj: &K,
+        state: NodeState,
+        message: Option<String>,
+        path: Option<String>,
+        pods: Vec<String>,
+    ) -> Result<(), Error> {
+        let report = NodeReport {
+            state,
+            message,
+            observed_generation: obj.meta().generation,
+            path,
+            pods,
+        };
+        self.reports.write(kind, obj.meta(), report).await?;
+        Ok(())
+    }
+}
+
+struct SeccompCtx {
+    shared: Arc<Shared>,
+    profiles: Store<GuardedSeccomp>,
+    trigger: UnboundedSender<String>,
+    /// What each profile last resolved to here (file bytes or error), to tell a change apart.
+    outcome: Mutex<HashMap<String, Result<Vec<u8>, String>>>,
+}
+
+impl SeccompCtx {
+    /// Asks for the profiles built on `base` to be handled again.
+    fn trigger_children(&self, base: &str) {
+        for p in self.profiles.state() {
+            if let Ok(child) = &p.0
+                && child.spec.base_profile_name.as_deref() == Some(base)
+            {
+                let _ = self.trigger.send(child.name_any());
+            }
+        }
+    }
+
+    /// Records the outcome; `true` when it changed (then the children are handled again too).
+    fn changed(&self, name: &str, outcome: Option<Result<Vec<u8>, String>>) -> bool {
+        let mut map = self.outcome.lock().unwrap_or_else(|p| p.into_inner());
+        let before = match outcome {
+            Some(o) => map.insert(name.to_owned(), o.clone()).map(|b| b == o),
+            None => map.remove(name).map(|_| false),
+        };
+        let changed = before != Some(true);
+        let count = map.values().filter(|o| o.is_ok()).count();
+        self.shared
+            .metrics
+            .set_installed(ProfileKind::SeccompProfile, count);
+        changed
+    }
+}
+
+fn stream_of(rx: UnboundedReceiver<String>) -> impl futures::Stream<Item = String> + Send {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|n| (n, rx)) })
+}
+
+pub async fn run_seccomp(
+    shared: Arc<Shared>,
+    trigger: UnboundedSender<String>,
+    triggers: UnboundedReceiver<String>,
+    concurrency: u16,
+    synced: ReadyFlag,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let api = Api::<GuardedSeccomp>::all(shared.client.clone());
+    let controller = Controller::new(api, watcher::Config::default())
+        .with_config(controller::Config::default().concurrency(concurrency));
+    let profiles = controller.store();
+    let ctx = Arc::new(SeccompCtx {
+        shared: shared.clone(),
+        profiles: profiles.clone(),
+        trigger,
+        outcome: Mutex::new(HashMap::new()),
+    });
+    tokio::spawn(converge(shared.clone(), profiles, synced));
+    controller
+        .reconcile_on(stream_of(triggers).map(|n| ObjectRef::new(&n)))
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile_seccomp, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+    Ok(())
+}
+
+/// After a restart: once both the profiles and this node's pods are known, removes the files of
+/// profiles that no longer exist (and that no pod here uses). Missing or stale files are rewritten
+/// by the reconciles every profile gets at startup.
+async fn converge(shared: Arc<Shared>, profiles: Store<GuardedSeccomp>, synced: ReadyFlag) {
+    if profiles.wait_until_ready().await.is_err() || shared.pods.wait_until_ready().await.is_err() {
+        return;
+    }
+    match shared.dir.installed() {
+        Ok(names) => {
+            for name in names {
+                if profiles.get(&ObjectRef::new(&name)).is_some() {
+                    continue;
+                }
+                let users = shared.users(ProfileKind::SeccompProfile, &name);
+                if !users.is_empty() {
+                    tracing::warn!(profile = %name, pods = ?users, "keeping the file of a deleted profile while pods on this node use it");
+                    continue;
+                }
+                match shared.dir.remove(&name) {
+                    Ok(_) => {
+                        shared.metrics.removed(ProfileKind::SeccompProfile);
+                        tracing::info!(profile = %name, "removed the file of a profile deleted while the agent was away");
+                    }
+                    Err(e) => tracing::warn!(profile = %name, error = %e, "cannot remove a stale profile"),
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(dir = %shared.dir.dir().display(), error = %e, "cannot list the installed profiles")
+        }
+    }
+    synced.set(true);
+}
+
+async fn reconcile_seccomp(obj: Arc<GuardedSeccomp>, ctx: Arc<SeccompCtx>) -> Result<Action, Error> {
+    let s = &ctx.shared;
+    let kind = ProfileKind::SeccompProfile;
+    let name = obj.name_any();
+    let started = Instant::now();
+    let api = Api::<GuardedSeccomp>::all(s.client.clone());
+    let finalizer = node_finalizer(&s.node);
+    let users = s.users(kind, &name);
+
+    if obj.meta().deletion_timestamp.is_some() {
+        if !users.is_empty() {
+            let why = format!(
+                "deleted; the file stays until these pods on node {} end: {}",
+                s.node,
+                users.join(", ")
+            );
+            s.report(kind, obj.as_ref(), NodeState::Terminating, Some(why), None, users)
+                .await?;
+            return Ok(Action::await_change());
+        }
+        if s.dir.remove(&name).map_err(io)? {
+            s.metrics.removed(kind);
+            tracing::info!(profile = %name, "removed a deleted profile");
+        }
+        if ctx.changed(&name, None) {
+            ctx.trigger_children(&name);
+        }
+        s.reports.forget(kind, &name).await?;
+        finalizers::remove(&api, obj.as_ref(), &finalizer).await?;
+        return Ok(Action::await_change());
+    }
+
+    let profile = match &obj.0 {
+        Ok(p) => p,
+        Err(invalid) => {
+            s.metrics.error(kind);
+            let why = format!("not a valid SeccompProfile: {}", invalid.error);
+            s.report(kind, obj.as_ref(), NodeState::Error, Some(why), None, users)
+                .await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    if !profile.spec.enabled() {
+        let message = if users.is_empty() {
+            if s.dir.remove(&name).map_err(io)? {
+                s.metrics.removed(kind);
+            }
+            ctx.changed(&name, None);
+            None
+        } else {
+            Some(format!(
+                "disabled, but kept installed while pods use it: {}",
+                users.join(", ")
+            ))
+        };
+        s.report(kind, obj.as_ref(), NodeState::Disabled, message, None, users)
+            .await?;
+        return Ok(Action::await_change());
+    }
+
+    // The chain of bases, from the store (at most MAX_DEPTH + 2 lookups; the resolver reports
+    // cycles and depth).
+    let mut chain: HashMap<String, Arc<GuardedSeccomp>> = HashMap::new();
+    chain.insert(name.clone(), obj.clone());
+    let mut next = profile.spec.base_profile_name.clone();
+    while let Some(base) = next.take() {
+        if chain.contains_key(&base) || chain.len() > seccomp::MAX_DEPTH + 1 {
+            break;
+        }
+        if let Some(found) = ctx.profiles.get(&ObjectRef::new(&base)) {
+            next = found
+                .0
+                .as_ref()
+                .ok()
+                .and_then(|p| p.spec.base_profile_name.clone());
+            chain.insert(base, found);
+        }
+    }
+    let built = seccomp::resolve(&name, |n| {
+        chain.get(n).and_then(|o| o.0.as_ref().ok()).map(|p| &p.spec)
+    })
+    .and_then(|resolved| {
+        // The filter is dropped here: it only proves the profile compiles on this node.
+        seccomp::compile(&resolved).map(|_| resolved.to_json())
+    })
+    .map_err(|e| e.to_string());
+    let bytes = match built {
+        Ok(bytes) => bytes,
+        Err(why) => {
+            s.metrics.error(kind);
+            if ctx.changed(&name, Some(Err(why.clone()))) {
+                tracing::warn!(profile = %name, error = %why, "profile refused; its file is not written");
+                ctx.trigger_children(&name);
+            }
+            // A profile installed before keeps its last good file: pods using it still start.
+            s.report(kind, obj.as_ref(), NodeState::Error, Some(why), None, users)
+                .await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    finalizers::add(&api, obj.as_ref(), &finalizer).await?;
+    let written = s.dir.write(&name, &bytes).map_err(io)?;
+    if written != Written::Unchanged {
+        s.metrics.installed(kind, started.elapsed().as_secs_f64());
+        tracing::info!(profile = %name, ?written, "installed");
+    }
+    if ctx.changed(&name, Some(Ok(bytes))) {
+        ctx.trigger_children(&name);
+    }
+    let path = s.dir.path_of(&name).display().to_string();
+    s.report(kind, obj.as_ref(), NodeState::Installed, None, Some(path), users)
+        .await?;
+    Ok(Action::await_change())
+}
+
+fn io(e: std::io::Error) -> Error {
+    Error::Io(e.to_string())
+}
+
+fn error_policy<K, C>(obj: Arc<K>, error: &Error, _ctx: Arc<C>) -> Action
+where
+    K: Resource,
+{
+    tracing::warn!(profile = %obj.meta().name.as_deref().unwrap_or_default(), error = %error, "handling a profile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
+}
+
+struct AppArmorCtx {
+    shared: Arc<Shared>,
+    installed: Mutex<BTreeSet<String>>,
+}
+
+pub async fn run_apparmor(
+    shared: Arc<Shared>,
+    triggers: UnboundedReceiver<String>,
+    concurrency: u16,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let api = Api::<GuardedAppArmor>::all(shared.client.clone());
+    let ctx = Arc::new(AppArmorCtx {
+        shared,
+        installed: Mutex::new(BTreeSet::new()),
+    });
+    Controller::new(api, watcher::Config::default())
+        .with_config(controller::Config::default().concurrency(concurrency))
+        .reconcile_on(stream_of(triggers).map(|n| ObjectRef::new(&n)))
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile_apparmor, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+    Ok(())
+}
+
+async fn reconcile_apparmor(obj: Arc<GuardedAppArmor>, ctx: Arc<AppArmorCtx>) -> Result<Action, Error> {
+    let s = &ctx.shared;
+    let kind = ProfileKind::AppArmorProfile;
+    let name = obj.name_any();
+    let api = Api::<GuardedAppArmor>::all(s.client.clone());
+    let finalizer = node_finalizer(&s.node);
+    let users = s.users(kind, &name);
+    let (parser, dir) = match &s.apparmor {
+        Support::Available { parser, dir } => (parser.clone(), dir.clone()),
+        Support::Unsupported(why) => {
+            if obj.meta().deletion_timestamp.is_some() {
+                s.reports.forget(kind, &name).await?;
+                finalizers::remove(&api, obj.as_ref(), &finalizer).await?;
+            } else {
+                let why = format!("unsupported on this node: {why}");
+                s.report(kind, obj.as_ref(), NodeState::Unsupported, Some(why), None, users)
+                    .await?;
+            }
+            return Ok(Action::await_change());
+        }
+    };
+    let set_installed = |present: bool| {
+        let mut set = ctx.installed.lock().unwrap_or_else(|p| p.into_inner());
+        if present {
+            set.insert(name.clone());
+        } else {
+            set.remove(&name);
+        }
+        s.metrics.set_installed(kind, set.len());
+    };
+    let unload = {
+        let (parser, dir, name) = (parser.clone(), dir.clone(), name.clone());
+        move || tokio::task::spawn_blocking(move || apparmor::unload(&parser, &dir, &name))
+    };
+
+    if obj.meta().deletion_timestamp.is_some() {
+        if !users.is_empty() {
+            let why = format!("deleted; stays loaded until these pods end: {}", users.join(", "));
+            s.report(kind, obj.as_ref(), NodeState::Terminating, Some(why), None, users)
+                .await?;
+            return Ok(Action::await_change());
+        }
+        unload()
+            .await
+            .map_err(|e| Error::Io(e.to_string()))?
+            .map_err(Error::Io)?;
+        s.metrics.removed(kind);
+        set_installed(false);
+        s.reports.forget(kind, &name).await?;
+        finalizers::remove(&api, obj.as_ref(), &finalizer).await?;
+        return Ok(Action::await_change());
+    }
+    let profile = match &obj.0 {
+        Ok(p) => p,
+        Err(invalid) => {
+            s.metrics.error(kind);
+            let why = format!("not a valid AppArmorProfile: {}", invalid.error);
+            s.report(kind, obj.as_ref(), NodeState::Error, Some(why), None, users)
+                .await?;
+            return Ok(Action::await_change());
+        }
+    };
+    if !profile.spec.enabled() {
+        if users.is_empty() {
+            unload()
+                .await
+                .map_err(|e| Error::Io(e.to_string()))?
+                .map_err(Error::Io)?;
+            set_installed(false);
+        }
+        s.report(kind, obj.as_ref(), NodeState::Disabled, None, None, users)
+            .await?;
+        return Ok(Action::await_change());
+    }
+    let declared = apparmor::profile_name(&profile.spec.policy).and_then(|declared| {
+        if declared == name {
+            Ok(())
+        } else {
+            Err(format!(
+                "the policy declares profile {declared:?}; declare `profile {name}` (the object's name) so pods can refer to it as localhost/{name}"
+            ))
+        }
+    });
+    if let Err(why) = declared {
+        s.metrics.error(kind);
+        s.report(kind, obj.as_ref(), NodeState::Error, Some(why), None, users)
+            .await?;
+        return Ok(Action::await_change());
+    }
+    let started = Instant::now();
+    finalizers::add(&api, obj.as_ref(), &finalizer).await?;
+    let policy = profile.spec.policy.clone();
+    let loaded = {
+        let (parser, dir, name) = (parser.clone(), dir.clone(), name.clone());
+        tokio::task::spawn_blocking(move || apparmor::load(&parser, &dir, &name, &policy))
+            .await
+            .map_err(|e| Error::Io(e.to_string()))?
+    };
+    match loaded {
+        Ok(()) => {
+            s.metrics.installed(kind, started.elapsed().as_secs_f64());
+            set_installed(true);
+            let path = dir.join(&name).display().to_string();
+            s.report(kind, obj.as_ref(), NodeState::Installed, None, Some(path), users)
+                .await?;
+        }
+        Err(why) => {
+            s.metrics.error(kind);
+            s.report(kind, obj.as_ref(), NodeState::Error, Some(why), None, users)
+                .await?;
+        }
+    }
+    Ok(Action::await_change())
+}

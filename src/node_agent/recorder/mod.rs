@@ -1,0 +1,333 @@
+//! Profile recording from the kernel's seccomp audit records. Pods selected by a
+//! `ProfileRecording` run under a log-everything profile (the webhook sets it and annotates the
+//! pod); the kernel then writes one audit record per syscall kind and process. This recorder reads
+//! those records, maps each process to its container through `/proc/<pid>/cgroup` and the pod's
+//! container statuses, and when the pod ends writes (or extends) the `SeccompProfile`
+//! `<recording>-<container>` allowing the syscalls seen.
+
+pub mod audit;
+pub mod cgroup;
+mod source;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ObjectMeta, PostParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::NodeArgs;
+use super::metrics::{ProfileMetrics, ResultLabels};
+use super::seccomp;
+use crate::api::profiles::{RECORDING_ANNOTATION, SeccompProfile, SeccompProfileSpec, SyscallRule};
+use audit::SeccompRecord;
+
+/// Annotation on a recorded profile: the `namespace/name` of the recording it came from. A
+/// recording never changes a profile that does not carry its own name here.
+pub const RECORDED_FROM: &str = "profiles.phylax.dev/recorded-from";
+/// Container IDs seen before their pod's status named them, kept this many at most.
+const MAX_PENDING: usize = 1024;
+const MAX_PIDS: usize = 8192;
+
+/// The log-everything profile recorded pods run with.
+pub fn logging_profile() -> Vec<u8> {
+    b"{\n  \"defaultAction\": \"SCMP_ACT_LOG\"\n}\n".to_vec()
+}
+
+/// A recorded container: which recording, which pod, which container.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Target {
+    namespace: String,
+    recording: String,
+    pod_uid: String,
+    container: String,
+}
+
+#[derive(Default)]
+struct State {
+    /// Container ID → what it records into.
+    containers: HashMap<String, Target>,
+    /// Syscalls seen per recorded container.
+    seen: HashMap<Target, BTreeSet<String>>,
+    /// Syscalls of containers not (yet) in `containers`: the kubelet writes a container's ID to
+    /// the pod's status after the container started.
+    pending: HashMap<String, BTreeSet<String>>,
+    /// pid → container ID (None: not in a container).
+    pids: HashMap<u32, Option<String>>,
+}
+
+pub async fn run(
+    client: Client,
+    node: NodeArgs,
+    pods: Store<Pod>,
+    mut pod_events: mpsc::UnboundedReceiver<Arc<Pod>>,
+    metrics: ProfileMetrics,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (tx, mut records) = mpsc::channel::<SeccompRecord>(8192);
+    source::spawn(node.audit_source.clone(), tx, metrics.clone())?;
+    let mut state = State::default();
+    let profiles = Api::<SeccompProfile>::all(client);
+    loop {
+        tokio::select! {
+            Some(record) = records.recv() => {
+                let found = state.record(&node.proc_root, record);
+                let result = if found { "recorded" } else { "not_recorded" };
+                metrics.audit_lines.get_or_create(&ResultLabels { result }).inc();
+            }
+            Some(pod) = pod_events.recv() => {
+                state.index(&pod);
+                let gone = pods.get(&ObjectRef::from_obj(pod.as_ref())).is_none();
+                let ended = matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
+                if gone || ended {
+                    for (target, syscalls) in state.take(&pod.uid().unwrap_or_default()) {
+                        let result = match write_profile(&profiles, &target, &syscalls).await {
+                            Ok(true) => "written",
+                            Ok(false) => "refused",
+                            Err(e) => {
+                                tracing::warn!(recording = %target.recording, namespace = %target.namespace, container = %target.container, error = %e, "cannot write the recorded profile");
+                                "failed"
+                            }
+                        };
+                        metrics.recordings.get_or_create(&ResultLabels { result }).inc();
+                    }
+                }
+            }
+            _ = shutdown.cancelled() => return Ok(()),
+            else => return Ok(()),
+        }
+    }
+}
+
+impl State {
+    /// Learns the containers of a recorded pod from its status.
+    fn index(&mut self, pod: &Pod) {
+        let Some(recording) = pod.annotations().get(RECORDING_ANNOTATION) else {
+            return;
+        };
+        let statuses = pod.status.iter().flat_map(|s| {
+            s.container_statuses
+                .iter()
+                .flatten()
+                .chain(s.init_container_statuses.iter().flatten())
+        });
+        for status in statuses {
+            let Some(id) = status.container_id.as_deref().map(cgroup::status_container_id) else {
+                continue;
+            };
+            if id.is_empty() || self.containers.contains_key(id) {
+                continue;
+            }
+            let target = Target {
+                namespace: pod.namespace().unwrap_or_default(),
+                recording: recording.clone(),
+                pod_uid: pod.uid().unwrap_or_default(),
+                container: status.name.clone(),
+            };
+            if let Some(early) = self.pending.remove(id) {
+                self.seen.entry(target.clone()).or_default().extend(early);
+            }
+            self.containers.insert(id.to_owned(), target);
+        }
+    }
+
+    /// Notes one record; `true` when it belongs to a recorded container (or may, once its pod's
+    /// status names it).
+    fn record(&mut self, proc_root: &std::path::Path, r: SeccompRecord) -> bool {
+        let Some(name) = seccomp::arch_from_audit(r.arch).and_then(|a| seccomp::syscall_name(a, r.syscall))
+        else {
+            return false;
+        };
+        if self.pids.len() > MAX_PIDS {
+            self.pids.clear();
+        }
+        let container = self
+            .pids
+            .entry(r.pid)
+            .or_insert_with(|| {
+                let file = std::fs::read_to_string(proc_root.join(r.pid.to_string()).join("cgroup")).ok()?;
+                cgroup::container_id(&file).map(str::to_owned)
+            })
+            .clone();
+        let Some(container) = container else {
+            return false;
+        };
+        if let Some(target) = self.containers.get(&container) {
+            self.seen.entry(target.clone()).or_default().insert(name);
+            return true;
+        }
+        if self.pending.len() < MAX_PENDING || self.pending.contains_key(&container) {
+            self.pending.entry(container).or_default().insert(name);
+        }
+        false
+    }
+
+    /// Takes what a pod's containers recorded, merged per container name.
+    fn take(&mut self, pod_uid: &str) -> Vec<(Target, BTreeSet<String>)> {
+        self.containers.retain(|_, t| t.pod_uid != pod_uid);
+        let keys: Vec<Target> = self
+            .seen
+            .keys()
+            .filter(|t| t.pod_uid == pod_uid)
+            .cloned()
+            .collect();
+        keys.into_iter()
+            .filter_map(|t| self.seen.remove(&t).map(|s| (t, s)))
+            .filter(|(_, s)| !s.is_empty())
+            .collect()
+    }
+}
+
+/// The recorded profile's name: `<recording>-<container>`.
+pub fn profile_name(recording: &str, container: &str) -> String {
+    format!("{recording}-{container}")
+}
+
+/// The profile allowing `syscalls`, everything else refused with EPERM.
+pub fn recorded_spec(syscalls: &BTreeSet<String>) -> SeccompProfileSpec {
+    SeccompProfileSpec {
+        default_action: "SCMP_ACT_ERRNO".into(),
+        architectures: vec![seccomp::native_arch().into()],
+        syscalls: vec![SyscallRule {
+            names: syscalls.iter().cloned().collect(),
+            action: "SCMP_ACT_ALLOW".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Creates the profile or adds the new syscalls to the one this recording wrote before.
+/// `Ok(false)`: a profile of that name exists and is not this recording's; it is left alone.
+async fn write_profile(
+    api: &Api<SeccompProfile>,
+    t: &Target,
+    syscalls: &BTreeSet<String>,
+) -> anyhow::Result<bool> {
+    let name = profile_name(&t.recording, &t.container);
+    let source = format!("{}/{}", t.namespace, t.recording);
+    for _ in 0..5 {
+        match api.get_opt(&name).await? {
+            None => {
+                let profile = SeccompProfile {
+                    metadata: ObjectMeta {
+                        name: Some(name.clone()),
+                        labels: Some(
+                            [("app.kubernetes.io/managed-by".to_owned(), "phylax".to_owned())].into(),
+                        ),
+                        annotations: Some([(RECORDED_FROM.to_owned(), source.clone())].into()),
+                        ..Default::default()
+                    },
+                    spec: recorded_spec(syscalls),
+                    status: None,
+                };
+                match api.create(&PostParams::default(), &profile).await {
+                    Ok(_) => {
+                        tracing::info!(profile = %name, recording = %source, syscalls = syscalls.len(), "recorded profile written");
+                        return Ok(true);
+                    }
+                    Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Some(mut existing) => {
+                if existing.annotations().get(RECORDED_FROM) != Some(&source) {
+                    tracing::warn!(profile = %name, recording = %source, "a SeccompProfile of the recorded profile's name exists and was not written by this recording; left unchanged");
+                    return Ok(false);
+                }
+                let mut all: BTreeSet<String> = existing
+                    .spec
+                    .syscalls
+                    .iter()
+                    .filter(|r| r.action == "SCMP_ACT_ALLOW")
+                    .flat_map(|r| r.names.iter().cloned())
+                    .collect();
+                let before = all.len();
+                all.extend(syscalls.iter().cloned());
+                if all.len() == before {
+                    return Ok(true);
+                }
+                existing.spec = recorded_spec(&all);
+                match api.replace(&name, &PostParams::default(), &existing).await {
+                    Ok(_) => {
+                        tracing::info!(profile = %name, recording = %source, syscalls = all.len(), "recorded profile extended");
+                        return Ok(true);
+                    }
+                    Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    anyhow::bail!("SeccompProfile {name} kept changing; gave up after 5 attempts")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "4f2a9c1e0b7d4e3f8a6c5b2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f";
+
+    fn pod(uid: &str, container_id: Option<&str>) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": uid,
+                "annotations": {RECORDING_ANNOTATION: "rec"}},
+            "status": {"containerStatuses": [{"name": "app", "image": "x", "imageID": "", "ready": true,
+                "restartCount": 0, "containerID": container_id.map(|id| format!("containerd://{id}"))}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn records_are_attributed_to_their_container_even_before_the_status_names_it() {
+        let proc_root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(proc_root.path().join("700")).unwrap();
+        std::fs::write(
+            proc_root.path().join("700/cgroup"),
+            format!("0::/kubepods.slice/cri-containerd-{ID}.scope\n"),
+        )
+        .unwrap();
+        let mut state = State::default();
+        let rec = |syscall| SeccompRecord {
+            pid: 700,
+            arch: 0xc000_003e,
+            syscall,
+        };
+        // Before the pod's status has the container ID: kept pending.
+        assert!(!state.record(proc_root.path(), rec(0)));
+        state.index(&pod("u1", Some(ID)));
+        assert!(state.record(proc_root.path(), rec(1)));
+        assert!(state.record(proc_root.path(), rec(1)));
+        // A process outside any container, an unknown architecture.
+        assert!(!state.record(
+            proc_root.path(),
+            SeccompRecord {
+                pid: 1,
+                arch: 0xc000_003e,
+                syscall: 2
+            }
+        ));
+        assert!(!state.record(
+            proc_root.path(),
+            SeccompRecord {
+                pid: 700,
+                arch: 7,
+                syscall: 2
+            }
+        ));
+        let taken = state.take("u1");
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].0.container, "app");
+        assert_eq!(
+            taken[0].1.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["read", "write"]
+        );
+        assert!(state.take("u1").is_empty());
+        let spec = recorded_spec(&taken[0].1);
+        let resolved = seccomp::resolve("r", |_| Some(&spec)).unwrap();
+        seccomp::compile(&resolved).unwrap();
+    }
+}

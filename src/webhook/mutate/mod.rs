@@ -1,0 +1,3 @@
+//! Mutating webhooks: they may change what they admit.
+
+pub mod profiles;

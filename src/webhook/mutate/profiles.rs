@@ -1,0 +1,472 @@
+//! Binds security profiles to new pods. A `ProfileRecording` whose selector matches gives every
+//! container the log-everything profile (and marks the pod for the node agent's recorder); a
+//! `ProfileBinding` whose image and selector match sets the container's seccomp profile
+//! (`type: Localhost`) or AppArmor annotation. A pod whose bound profile is not installed on every
+//! node is refused with what to wait for, so it cannot fail later with CreateContainerError.
+//! Privileged pods are never changed.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, Operation};
+use kube::core::error_boundary::DeserializeGuard;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::api::profiles::{
+    APPARMOR_ANNOTATION_PREFIX, AppArmorProfile, BOUND_ANNOTATION, ProfileBinding, ProfileBindingSpec,
+    ProfileKind, ProfileRecording, ProfileRecordingSpec, RECORDING_ANNOTATION, RECORDING_PROFILE,
+    SeccompProfile, glob_matches, seccomp_localhost_profile, selector_matches,
+};
+use crate::webhook::review::{FailurePolicy, Handler, Verdict, object};
+
+/// The cluster state the decision needs, kept by watches in the webhook role.
+#[derive(Clone)]
+pub struct ProfileIndex {
+    pub bindings: Store<DeserializeGuard<ProfileBinding>>,
+    pub recordings: Store<DeserializeGuard<ProfileRecording>>,
+    pub seccomp: Store<DeserializeGuard<SeccompProfile>>,
+    pub apparmor: Store<DeserializeGuard<AppArmorProfile>>,
+    /// Every store has listed once.
+    pub synced: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ProfileIndex {
+    /// An index that never fills: for a webhook built without a cluster (tests of other handlers).
+    pub fn empty() -> ProfileIndex {
+        ProfileIndex {
+            bindings: kube::runtime::reflector::store().0,
+            recordings: kube::runtime::reflector::store().0,
+            seccomp: kube::runtime::reflector::store().0,
+            apparmor: kube::runtime::reflector::store().0,
+            synced: Default::default(),
+        }
+    }
+
+    fn ready(&self) -> bool {
+        self.synced.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A profile's overall state, or None when it does not exist.
+    fn state(&self, kind: ProfileKind, name: &str) -> Option<String> {
+        fn of<K>(
+            store: &Store<DeserializeGuard<K>>,
+            name: &str,
+            status: impl Fn(&K) -> Option<String>,
+        ) -> Option<String>
+        where
+            K: Resource<DynamicType = ()> + Clone,
+        {
+            let obj = store.get(&ObjectRef::new(name))?;
+            Some(match &obj.0 {
+                Ok(p) => status(p).unwrap_or_else(|| "Pending".into()),
+                Err(_) => "Error".into(),
+            })
+        }
+        match kind {
+            ProfileKind::SeccompProfile => of(&self.seccomp, name, |p| {
+                p.status.as_ref().and_then(|s| s.state.clone())
+            }),
+            ProfileKind::AppArmorProfile => of(&self.apparmor, name, |p| {
+                p.status.as_ref().and_then(|s| s.state.clone())
+            }),
+        }
+    }
+}
+
+pub struct ProfileBinder {
+    pub index: ProfileIndex,
+}
+
+impl Handler for ProfileBinder {
+    fn name(&self) -> &'static str {
+        "profiles"
+    }
+
+    fn mutating(&self) -> bool {
+        true
+    }
+
+    fn failure_policy(&self) -> FailurePolicy {
+        // A pod a binding covers must not start without its profile.
+        FailurePolicy::Closed
+    }
+
+    fn review(&self, req: &AdmissionRequest<DynamicObject>) -> anyhow::Result<Verdict> {
+        if req.operation != Operation::Create || req.kind.kind != "Pod" {
+            return Ok(Verdict::allow());
+        }
+        let Some(obj) = object(req) else {
+            return Ok(Verdict::allow());
+        };
+        if !self.index.ready() {
+            anyhow::bail!("the webhook has not yet read the cluster's ProfileBindings and profiles");
+        }
+        let pod: Pod = serde_json::from_value(obj)?;
+        let namespace = req.namespace.clone().unwrap_or_default();
+        let bindings: Vec<(String, ProfileBindingSpec)> = self
+            .index
+            .bindings
+            .state()
+            .iter()
+            .filter(|b| b.namespace().as_deref() == Some(namespace.as_str()))
+            .filter_map(|b| b.0.as_ref().ok().map(|b| (b.name_any(), b.spec.clone())))
+            .collect();
+        let recordings: Vec<(String, ProfileRecordingSpec)> = self
+            .index
+            .recordings
+            .state()
+            .iter()
+            .filter(|r| r.namespace().as_deref() == Some(namespace.as_str()))
+            .filter_map(|r| r.0.as_ref().ok().map(|r| (r.name_any(), r.spec.clone())))
+            .collect();
+        Ok(decide(&pod, &bindings, &recordings, |kind, name| {
+            self.index.state(kind, name)
+        }))
+    }
+}
+
+fn privileged(c: &Container) -> bool {
+    c.security_context.as_ref().and_then(|s| s.privileged) == Some(true)
+}
+
+/// The binding for one container image: an exact image beats a glob, a glob beats `*`; among
+/// equals the first by name.
+fn binding_for<'a>(
+    bindings: &'a [(String, ProfileBindingSpec)],
+    labels: &BTreeMap<String, String>,
+    image: &str,
+) -> Option<&'a (String, ProfileBindingSpec)> {
+    let rank = |b: &ProfileBindingSpec| {
+        if b.image == image {
+            0
+        } else if b.image == "*" {
+            2
+        } else {
+            1
+        }
+    };
+    let mut matching: Vec<&(String, ProfileBindingSpec)> = bindings
+        .iter()
+        .filter(|(_, b)| {
+            b.pod_selector
+                .as_ref()
+                .is_none_or(|s| selector_matches(s, labels))
+        })
+        .filter(|(_, b)| glob_matches(&b.image, image))
+        .collect();
+    matching.sort_by(|a, b| rank(&a.1).cmp(&rank(&b.1)).then(a.0.cmp(&b.0)));
+    matching.first().copied()
+}
+
+/// The decision, free of I/O: `state` gives a profile's overall state (None: no such profile).
+pub fn decide(
+    pod: &Pod,
+    bindings: &[(String, ProfileBindingSpec)],
+    recordings: &[(String, ProfileRecordingSpec)],
+    state: impl Fn(ProfileKind, &str) -> Option<String>,
+) -> Verdict {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Verdict::allow();
+    };
+    let labels = pod.labels();
+    // (JSON path of the container, container)
+    let containers: Vec<(String, &Container)> = spec
+        .containers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (format!("/spec/containers/{i}"), c))
+        .chain(
+            spec.init_containers
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, c)| (format!("/spec/initContainers/{i}"), c)),
+        )
+        .collect();
+    if containers.iter().any(|(_, c)| privileged(c)) {
+        let applies = !bindings.is_empty() || !recordings.is_empty();
+        return Verdict::Allow {
+            warnings: if applies {
+                vec!["Phylax binds no security profile to privileged pods; this pod runs without one".into()]
+            } else {
+                Vec::new()
+            },
+        };
+    }
+
+    let mut patch: Vec<Value> = Vec::new();
+    let mut annotations: BTreeMap<String, String> = BTreeMap::new();
+    let mut warnings = Vec::new();
+    let set_seccomp = |patch: &mut Vec<Value>, path: &str, c: &Container, profile: &str| {
+        let value = json!({"type": "Localhost", "localhostProfile": profile});
+        if c.security_context.is_none() {
+            patch.push(json!({"op": "add", "path": format!("{path}/securityContext"), "value": {"seccompProfile": value}}));
+        } else {
+            patch.push(json!({"op": "add", "path": format!("{path}/securityContext/seccompProfile"), "value": value}));
+        }
+    };
+
+    let mut active: Vec<&(String, ProfileRecordingSpec)> = recordings
+        .iter()
+        .filter(|(_, r)| r.kind == ProfileKind::SeccompProfile && r.recorder == "logs")
+        .filter(|(_, r)| selector_matches(&r.pod_selector, labels))
+        .collect();
+    active.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some((recording, _)) = active.first() {
+        for (path, c) in &containers {
+            set_seccomp(&mut patch, path, c, RECORDING_PROFILE);
+        }
+        annotations.insert(RECORDING_ANNOTATION.into(), recording.clone());
+        warnings.push(format!(
+            "ProfileRecording {recording} records this pod's syscalls; its ProfileBindings are not applied while it records"
+        ));
+    } else {
+        let mut bound = Vec::new();
+        for (path, c) in &containers {
+            let image = c.image.as_deref().unwrap_or_default();
+            let Some((binding, b)) = binding_for(bindings, labels, image) else {
+                continue;
+            };
+            let (kind, name) = (b.profile_ref.kind, b.profile_ref.name.as_str());
+            match state(kind, name).as_deref() {
+                Some("Installed") => {}
+                other => {
+                    let why = match other {
+                        None => format!("{} {name} does not exist", kind.as_str()),
+                        Some(s) => format!("{} {name} is {s}, not Installed on every node", kind.as_str()),
+                    };
+                    return Verdict::deny(format!(
+                        "ProfileBinding {binding} binds {} {name} to container {:?} (image {image:?}), but {why}; \
+                         the pod is refused so it does not fail to start on a node without the profile. \
+                         Create it again once `kubectl get {} {name}` shows Installed",
+                        kind.as_str(),
+                        c.name,
+                        match kind {
+                            ProfileKind::SeccompProfile => "seccompprofile",
+                            ProfileKind::AppArmorProfile => "apparmorprofile",
+                        }
+                    ));
+                }
+            }
+            match kind {
+                ProfileKind::SeccompProfile => {
+                    set_seccomp(&mut patch, path, c, &seccomp_localhost_profile(name));
+                }
+                ProfileKind::AppArmorProfile => {
+                    annotations.insert(
+                        format!("{APPARMOR_ANNOTATION_PREFIX}{}", c.name),
+                        format!("localhost/{name}"),
+                    );
+                }
+            }
+            bound.push(format!("{}={}/{name}", c.name, kind.as_str()));
+        }
+        if !bound.is_empty() {
+            annotations.insert(BOUND_ANNOTATION.into(), bound.join(","));
+        }
+    }
+    if patch.is_empty() && annotations.is_empty() {
+        return Verdict::allow();
+    }
+    if pod.metadata.annotations.is_none() {
+        patch.push(json!({"op": "add", "path": "/metadata/annotations", "value": annotations}));
+    } else {
+        for (k, v) in annotations {
+            let key = k.replace('~', "~0").replace('/', "~1");
+            patch.push(json!({"op": "add", "path": format!("/metadata/annotations/{key}"), "value": v}));
+        }
+    }
+    match serde_json::from_value(Value::Array(patch)) {
+        Ok(patch) => Verdict::Patch { patch, warnings },
+        Err(e) => Verdict::deny(format!("internal error: cannot build the patch: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::profiles::ProfileRef;
+
+    fn pod(v: Value) -> Pod {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn binding(image: &str, kind: ProfileKind, name: &str, selector: Option<Value>) -> ProfileBindingSpec {
+        ProfileBindingSpec {
+            profile_ref: ProfileRef {
+                kind,
+                name: name.into(),
+            },
+            image: image.into(),
+            pod_selector: selector.map(|s| serde_json::from_value(s).unwrap()),
+        }
+    }
+
+    fn installed(_: ProfileKind, name: &str) -> Option<String> {
+        match name {
+            "pending" => Some("Pending".into()),
+            "gone" => None,
+            _ => Some("Installed".into()),
+        }
+    }
+
+    fn apply(p: &Pod, verdict: &Verdict) -> Value {
+        let mut doc = serde_json::to_value(p).unwrap();
+        if let Verdict::Patch { patch, .. } = verdict {
+            json_patch::patch(&mut doc, patch).unwrap();
+        }
+        doc
+    }
+
+    #[test]
+    fn bindings_set_profiles_by_image_with_the_most_specific_winning() {
+        let p = pod(
+            json!({"metadata": {"name": "p", "labels": {"app": "web"}}, "spec": {"containers": [
+            {"name": "web", "image": "registry.local/web:1.2"},
+            {"name": "side", "image": "envoy:1.30", "securityContext": {"runAsUser": 1000}},
+            {"name": "other", "image": "busybox"}],
+            "initContainers": [{"name": "init", "image": "registry.local/web:1.2"}]}}),
+        );
+        let bindings = vec![
+            (
+                "all".to_owned(),
+                binding("*", ProfileKind::SeccompProfile, "default", None),
+            ),
+            (
+                "web".to_owned(),
+                binding("registry.local/web:*", ProfileKind::SeccompProfile, "web", None),
+            ),
+            (
+                "web-exact".to_owned(),
+                binding(
+                    "registry.local/web:1.2",
+                    ProfileKind::SeccompProfile,
+                    "web-12",
+                    None,
+                ),
+            ),
+            (
+                "envoy".to_owned(),
+                binding("envoy:*", ProfileKind::AppArmorProfile, "envoy", None),
+            ),
+            (
+                "db-only".to_owned(),
+                binding(
+                    "busybox",
+                    ProfileKind::SeccompProfile,
+                    "db",
+                    Some(json!({"matchLabels": {"app": "db"}})),
+                ),
+            ),
+        ];
+        let v = decide(&p, &bindings, &[], installed);
+        let out = apply(&p, &v);
+        assert_eq!(
+            out["spec"]["containers"][0]["securityContext"]["seccompProfile"],
+            json!({"type": "Localhost", "localhostProfile": "phylax/web-12.json"})
+        );
+        assert_eq!(out["spec"]["containers"][1]["securityContext"]["runAsUser"], 1000);
+        assert!(
+            out["spec"]["containers"][1]["securityContext"]
+                .get("seccompProfile")
+                .is_none()
+        );
+        assert_eq!(
+            out["metadata"]["annotations"]["container.apparmor.security.beta.kubernetes.io/side"],
+            "localhost/envoy"
+        );
+        // busybox: the db binding's selector does not match; `*` applies.
+        assert_eq!(
+            out["spec"]["containers"][2]["securityContext"]["seccompProfile"]["localhostProfile"],
+            "phylax/default.json"
+        );
+        assert_eq!(
+            out["spec"]["initContainers"][0]["securityContext"]["seccompProfile"]["localhostProfile"],
+            "phylax/web-12.json"
+        );
+        assert_eq!(
+            out["metadata"]["annotations"][BOUND_ANNOTATION],
+            "web=SeccompProfile/web-12,side=AppArmorProfile/envoy,other=SeccompProfile/default,init=SeccompProfile/web-12"
+        );
+        // Applying the patch again changes nothing (reinvocation).
+        let again = decide(&pod(out.clone()), &bindings, &[], installed);
+        assert_eq!(apply(&pod(out.clone()), &again), out);
+    }
+
+    #[test]
+    fn a_profile_not_installed_everywhere_refuses_the_pod() {
+        let p = pod(
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "web", "image": "web"}]}}),
+        );
+        for (profile, words) in [("pending", "is Pending"), ("gone", "does not exist")] {
+            let b = vec![(
+                "b".to_owned(),
+                binding("web", ProfileKind::SeccompProfile, profile, None),
+            )];
+            match decide(&p, &b, &[], installed) {
+                Verdict::Deny { message } => {
+                    assert!(
+                        message.contains(words) && message.contains("ProfileBinding b"),
+                        "{message}"
+                    );
+                    assert!(
+                        message.contains(&format!("kubectl get seccompprofile {profile}")),
+                        "{message}"
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn privileged_pods_and_unmatched_pods_are_untouched() {
+        let b = vec![(
+            "b".to_owned(),
+            binding("*", ProfileKind::SeccompProfile, "pending", None),
+        )];
+        let privileged = pod(json!({"metadata": {"name": "p"}, "spec": {"containers": [
+            {"name": "a", "image": "x"}, {"name": "b", "image": "y", "securityContext": {"privileged": true}}]}}));
+        match decide(&privileged, &b, &[], installed) {
+            Verdict::Allow { warnings } => assert!(warnings[0].contains("privileged")),
+            other => panic!("{other:?}"),
+        }
+        let plain =
+            pod(json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "x"}]}}));
+        assert_eq!(decide(&plain, &[], &[], installed), Verdict::allow());
+    }
+
+    #[test]
+    fn recordings_give_the_logging_profile_and_mark_the_pod() {
+        let rec = ProfileRecordingSpec {
+            kind: ProfileKind::SeccompProfile,
+            recorder: "logs".into(),
+            pod_selector: serde_json::from_value(json!({"matchLabels": {"app": "web"}})).unwrap(),
+        };
+        let p = pod(
+            json!({"metadata": {"name": "p", "labels": {"app": "web"}, "annotations": {"a": "b"}},
+            "spec": {"containers": [{"name": "web", "image": "web"}]}}),
+        );
+        let b = vec![(
+            "b".to_owned(),
+            binding("*", ProfileKind::SeccompProfile, "x", None),
+        )];
+        let out = apply(&p, &decide(&p, &b, &[("rec".into(), rec.clone())], installed));
+        assert_eq!(
+            out["spec"]["containers"][0]["securityContext"]["seccompProfile"]["localhostProfile"],
+            RECORDING_PROFILE
+        );
+        assert_eq!(out["metadata"]["annotations"][RECORDING_ANNOTATION], "rec");
+        assert_eq!(out["metadata"]["annotations"]["a"], "b");
+        let other = pod(
+            json!({"metadata": {"name": "p", "labels": {"app": "db"}}, "spec": {"containers": [{"name": "db", "image": "db"}]}}),
+        );
+        assert_eq!(
+            decide(&other, &[], &[("rec".into(), rec)], installed),
+            Verdict::allow()
+        );
+    }
+}
