@@ -243,11 +243,14 @@ async fn main() {
         format!("--tls-dir={}", dir.path().display()),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // The webhook reads the cluster's ProfileBindings and profiles before it is ready.
+    let cluster = support::cluster::cluster();
+    support::cluster::install_crds(&cluster.client().await).await;
     let mut webhook = Phylax::start_with(
         support::process::binary(),
         "webhook",
         &args,
-        None,
+        Some(&cluster.kubeconfig),
         &std::collections::HashMap::from([("RUST_LOG", "info")]),
     );
     webhook.wait_ready(Duration::from_secs(20)).await;

@@ -79,6 +79,7 @@ export KUBECONFIG=$KUBECONFIG_FILE
 echo "== installing Phylax's namespace, CRDs and RBAC (phylax manifests | kubectl apply)"
 # A previous run pointed the webhook configuration at a URL; the manifests name the Service.
 kubectl delete validatingwebhookconfiguration phylax --ignore-not-found >/dev/null 2>&1 || true
+kubectl delete mutatingwebhookconfiguration phylax --ignore-not-found >/dev/null 2>&1 || true
 "$PHYLAX" manifests --namespace "$NS" | kubectl apply --server-side --field-manager=phylax-up -f - 2>&1 \
   | grep -v -i "version difference\|skew" | sed 's/^/   /'
 
@@ -104,17 +105,46 @@ done
 chmod 600 "$TLS_DIR/tls.key"
 kubectl patch validatingwebhookconfiguration phylax --type=json \
   -p '[{"op":"replace","path":"/webhooks/0/clientConfig","value":{"url":"https://127.0.0.1:8443/validate/secret-sync"}}]' >/dev/null
-start webhook webhook 9091 --listen-addr 127.0.0.1:8443 --tls-dir "$TLS_DIR"
+kubectl patch mutatingwebhookconfiguration phylax --type=json \
+  -p '[{"op":"replace","path":"/webhooks/0/clientConfig","value":{"url":"https://127.0.0.1:8443/mutate/profiles"}}]' >/dev/null
+start webhook webhook 9091 --kubeconfig "$KUBECONFIG_FILE" --namespace "$NS" --listen-addr 127.0.0.1:8443 --tls-dir "$TLS_DIR"
 # The leading operator puts the caBundle back into the configuration at its next resync.
 for _ in $(seq 1 150); do
   [ -n "$(kubectl get validatingwebhookconfiguration phylax -o 'jsonpath={.webhooks[0].clientConfig.caBundle}' 2>/dev/null)" ] && break
   sleep 0.2
 done
-start node-agent node-agent 9093
+# This control plane has no kubelet: a Node object stands for this machine, and the node agent
+# installs profiles into a kubelet root under the state directory.
+kubectl apply --server-side --field-manager=phylax-up -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Node
+metadata: {name: phylax-local, labels: {kubernetes.io/hostname: phylax-local}}
+YAML
+mkdir -p "$STATE/kubelet"
+start node-agent node-agent 9093 --kubeconfig "$KUBECONFIG_FILE" --namespace "$NS" --node-name phylax-local \
+  --kubelet-root "$STATE/kubelet" --audit-source none
 start tokenizer tokenizer 9094
 
 # Secret sync, end to end: a development-only `file` SecretProvider over a local directory, a
 # namespace it allows, and a pod there asking for a secret; the leading operator writes the Secret.
+# Security profiles, end to end: a SeccompProfile the node agent compiles with libseccomp and
+# installs under the local kubelet root; the operator reports it Installed.
+echo "== security profiles: SeccompProfile demo-deny-mkdir -> $STATE/kubelet/seccomp/phylax/"
+kubectl apply --server-side --field-manager=phylax-up -f - >/dev/null <<YAML
+apiVersion: profiles.phylax.dev/v1alpha1
+kind: SeccompProfile
+metadata: {name: demo-deny-mkdir}
+spec:
+  defaultAction: SCMP_ACT_ALLOW
+  syscalls:
+  - {names: [mkdir, mkdirat], action: SCMP_ACT_ERRNO, errnoRet: 13}
+YAML
+for _ in $(seq 1 150); do
+  [ "$(kubectl get seccompprofile demo-deny-mkdir -o 'jsonpath={.status.state}' 2>/dev/null)" = Installed ] && break
+  sleep 0.2
+done
+echo "   state: $(kubectl get seccompprofile demo-deny-mkdir -o 'jsonpath={.status.state}'), file: $(ls "$STATE/kubelet/seccomp/phylax/")"
+
 echo "== secret sync: file store $STATE/demo-store, namespace demo"
 mkdir -p "$STATE/demo-store/demo"
 printf '{"DB_HOST":"db.demo.svc","DB_PASSWORD":"demo-only-password"}\n' > "$STATE/demo-store/demo/config.json"
@@ -168,7 +198,9 @@ Phylax is running against a real Kubernetes 1.20 control plane on 127.0.0.1.
 The Deployments and DaemonSet it installed stay Pending (this control plane has no kubelet); the
 roles run as the local processes above instead. The API server encrypts Secrets through the KMS
 plugin; the operator keeps the webhook's certificates and caBundle and syncs secrets from the
-demo file store into the pods that ask; the webhook validates the secrets.phylax.dev/sync annotation. Node agent and tokenizer serve only their admin endpoints.
+demo file store into the pods that ask; the webhook validates the secrets.phylax.dev/sync annotation and binds security profiles to new
+pods; the node agent installs SeccompProfiles on the stand-in Node phylax-local. The tokenizer
+serves only its admin endpoints.
 
 Try next:
   export KUBECONFIG=$KUBECONFIG_FILE
@@ -180,6 +212,8 @@ Try next:
   kubectl -n default run nope --image=x --annotations='secrets.phylax.dev/sync={provider: demo-files, path: demo/config, secretName: s}'
   kubectl -n default get events | grep SecretSyncRefused   # default is not allowed by the provider
   kubectl run bad --image=busybox --annotations='secrets.phylax.dev/sync=provider: p'   # refused by the webhook
+  kubectl get seccompprofiles; kubectl get profilenodestatuses   # Installed on phylax-local
+  cat $STATE/kubelet/seccomp/phylax/demo-deny-mkdir.json   # the compiled profile's OCI JSON
   kubectl -n $NS get lease phylax-operator -o yaml        # who leads
   curl -s 127.0.0.1:9090/metrics | grep leader_is_leader   # 1 on the leader, 0 on the other
   curl -s 127.0.0.1:19090/metrics | grep leader_is_leader

@@ -685,6 +685,7 @@ mod tests {
                 "Namespace"
                     | "CustomResourceDefinition"
                     | "ValidatingWebhookConfiguration"
+                    | "MutatingWebhookConfiguration"
                     | "ClusterRole"
                     | "ClusterRoleBinding"
             ) {
@@ -741,7 +742,18 @@ mod tests {
         for w in workloads {
             let c = &w["spec"]["template"]["spec"]["containers"][0];
             assert_eq!(c["image"], "reg/phylax:t");
-            assert_eq!(c["securityContext"]["runAsNonRoot"], true);
+            if w["kind"] == "DaemonSet" {
+                // The node agent writes into the kubelet's root-owned directory as root, with no
+                // capability but CAP_SYSLOG (for /dev/kmsg), and is never privileged.
+                assert_eq!(c["securityContext"]["runAsUser"], 0);
+                assert_eq!(
+                    c["securityContext"]["capabilities"]["add"],
+                    serde_json::json!(["SYSLOG"])
+                );
+                assert!(c["securityContext"].get("privileged").is_none());
+            } else {
+                assert_eq!(c["securityContext"]["runAsNonRoot"], true);
+            }
             assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
             assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
             assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
@@ -752,26 +764,26 @@ mod tests {
     }
 
     #[test]
-    fn only_the_operator_gets_an_api_token_and_rbac() {
+    fn each_role_gets_only_the_api_access_it_uses() {
         let objs = render_default();
         for sa in objs.iter().filter(|o| o["kind"] == "ServiceAccount") {
             let name = sa["metadata"]["name"].as_str().unwrap();
-            assert_eq!(
-                sa["automountServiceAccountToken"],
-                name == "phylax-operator",
-                "{name}"
-            );
+            assert_eq!(sa["automountServiceAccountToken"], true, "{name}");
         }
         let roles: Vec<_> = objs
             .iter()
             .filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole")
             .collect();
-        assert!(roles.iter().all(|r| {
-            r["metadata"]["name"]
-                .as_str()
+        // Only the operator touches Secrets.
+        for r in &roles {
+            let name = r["metadata"]["name"].as_str().unwrap();
+            let touches_secrets = r["rules"]
+                .as_array()
                 .unwrap()
-                .starts_with("phylax-operator-")
-        }));
+                .iter()
+                .any(|rule| rule["resources"].as_array().unwrap().contains(&"secrets".into()));
+            assert!(!touches_secrets || name.starts_with("phylax-operator-"), "{name}");
+        }
         let role =
             |name: &str| roles.iter().find(|r| r["metadata"]["name"] == name).unwrap()["rules"].clone();
         // get/update are pinned to the one lease; create cannot be pinned by name.
@@ -805,6 +817,17 @@ mod tests {
             on_secrets[0]["verbs"],
             serde_json::json!(["get", "create", "patch"])
         );
-        assert_eq!(roles.len(), 4);
+        // The webhook only reads; the node agent writes profiles and its reports, nothing else.
+        let webhook = role("phylax-webhook-profiles");
+        assert_eq!(webhook[0]["verbs"], serde_json::json!(["list", "watch"]));
+        let agent = role("phylax-node-agent");
+        for rule in agent.as_array().unwrap() {
+            let group = rule["apiGroups"][0].as_str().unwrap();
+            assert!(
+                group == "profiles.phylax.dev" || rule["resources"] == serde_json::json!(["pods"]),
+                "{rule}"
+            );
+        }
+        assert_eq!(roles.len(), 7);
     }
 }

@@ -29,8 +29,9 @@ pub struct ProfileMetrics {
     errors: Family<KindLabels, Counter>,
     installed: Family<KindLabels, Gauge>,
     install_duration: Family<KindLabels, Histogram>,
-    /// Audit lines read, by result: `recorded`, `not_recorded` (no recording asked for that
-    /// process), `not_seccomp`, `malformed`.
+    /// Audit lines read, by result: `recorded`, `pending` (a container whose pod's status has
+    /// not named it yet), `not_recorded` (no recording asked for that process), `not_seccomp`,
+    /// `malformed`.
     pub audit_lines: Family<ResultLabels, Counter>,
     /// Profiles written by recordings, by result (`written`, `refused`, `failed`).
     pub recordings: Family<ResultLabels, Counter>,

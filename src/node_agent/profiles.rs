@@ -27,6 +27,7 @@ use crate::api::profiles::{
 };
 use crate::runtime::admin::ReadyFlag;
 use crate::runtime::finalizers;
+use crate::runtime::kube::wait_listed;
 
 type GuardedSeccomp = DeserializeGuard<SeccompProfile>;
 type GuardedAppArmor = DeserializeGuard<AppArmorProfile>;
@@ -161,7 +162,15 @@ pub async fn run_seccomp(
         .reconcile_on(stream_of(triggers).map(|n| ObjectRef::new(&n)))
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile_seccomp, error_policy, ctx)
-        .for_each(|_| async {})
+        .for_each(|result| async move {
+            // Reconcile errors are logged by error_policy; here only the controller's own
+            // (the watch failing, a trigger for an object that is gone).
+            if let Err(e) = result
+                && !matches!(e, kube::runtime::controller::Error::ReconcilerFailed(..))
+            {
+                tracing::warn!(error = %e, "profile controller");
+            }
+        })
         .await;
     Ok(())
 }
@@ -170,9 +179,10 @@ pub async fn run_seccomp(
 /// profiles that no longer exist (and that no pod here uses). Missing or stale files are rewritten
 /// by the reconciles every profile gets at startup.
 async fn converge(shared: Arc<Shared>, profiles: Store<GuardedSeccomp>, synced: ReadyFlag) {
-    if profiles.wait_until_ready().await.is_err() || shared.pods.wait_until_ready().await.is_err() {
+    if !wait_listed(&profiles).await || !wait_listed(&shared.pods).await {
         return;
     }
+    tracing::debug!(pods = shared.pods.len(), "this node's pods listed");
     match shared.dir.installed() {
         Ok(names) => {
             for name in names {
@@ -350,7 +360,15 @@ pub async fn run_apparmor(
         .reconcile_on(stream_of(triggers).map(|n| ObjectRef::new(&n)))
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile_apparmor, error_policy, ctx)
-        .for_each(|_| async {})
+        .for_each(|result| async move {
+            // Reconcile errors are logged by error_policy; here only the controller's own
+            // (the watch failing, a trigger for an object that is gone).
+            if let Err(e) = result
+                && !matches!(e, kube::runtime::controller::Error::ReconcilerFailed(..))
+            {
+                tracing::warn!(error = %e, "profile controller");
+            }
+        })
         .await;
     Ok(())
 }

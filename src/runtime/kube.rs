@@ -118,3 +118,20 @@ mod tests {
         assert!(err.contains("--kubeconfig"), "{err}");
     }
 }
+
+/// Waits until a reflector store has listed once; `false` if its writer is gone. kube's readiness
+/// signal wakes a single waiter per store (a oneshot channel underneath), and a controller's own
+/// store already has one, the controller itself: so the wait is renewed every 100 ms.
+pub async fn wait_listed<K>(store: &kube::runtime::reflector::Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await {
+            Ok(Ok(())) => return true,
+            Ok(Err(_)) => return false,
+            Err(_) => continue,
+        }
+    }
+}

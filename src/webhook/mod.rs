@@ -114,14 +114,15 @@ fn watch_profiles(
     };
     let waiting = index.clone();
     tasks.spawn(async move {
+        use crate::runtime::kube::wait_listed;
         let all = futures::future::join4(
-            waiting.bindings.wait_until_ready(),
-            waiting.recordings.wait_until_ready(),
-            waiting.seccomp.wait_until_ready(),
-            waiting.apparmor.wait_until_ready(),
+            wait_listed(&waiting.bindings),
+            wait_listed(&waiting.recordings),
+            wait_listed(&waiting.seccomp),
+            wait_listed(&waiting.apparmor),
         )
         .await;
-        if all.0.is_ok() && all.1.is_ok() && all.2.is_ok() && all.3.is_ok() {
+        if all.0 && all.1 && all.2 && all.3 {
             waiting.synced.store(true, std::sync::atomic::Ordering::SeqCst);
             synced.set(true);
         }

@@ -85,8 +85,11 @@ async fn the_static_binary_is_static_and_every_role_starts() {
     ];
     let webhook_args: Vec<&str> = webhook_args.iter().map(String::as_str).collect();
 
-    // The operator against the test cluster; the others on their own.
+    // The API-facing roles against the test cluster; the tokenizer on its own.
     let kubeconfig = cluster().kubeconfig.clone();
+    crate::support::cluster::install_crds(&cluster().client().await).await;
+    let kubelet_root = tempfile::tempdir().expect("kubelet root");
+    let kubelet_arg = format!("--kubelet-root={}", kubelet_root.path().display());
     for (role, args) in [
         (
             "operator",
@@ -96,11 +99,18 @@ async fn the_static_binary_is_static_and_every_role_starts() {
                 "--secret-sync=false",
             ],
         ),
-        ("node-agent", vec![]),
+        (
+            "node-agent",
+            vec![
+                "--node-name=static-test",
+                kubelet_arg.as_str(),
+                "--audit-source=none",
+            ],
+        ),
         ("tokenizer", vec![]),
         ("webhook", webhook_args),
     ] {
-        let kc = (role == "operator").then_some(kubeconfig.as_path());
+        let kc = (role != "tokenizer").then_some(kubeconfig.as_path());
         let mut p = Phylax::start_with(exe.clone(), role, &args, kc, &HashMap::new());
         p.wait_ready(Duration::from_secs(30)).await;
         p.signal(libc::SIGTERM);

@@ -101,3 +101,42 @@ impl Drop for TestNamespace {
         .join();
     }
 }
+
+/// Applies the CRDs `phylax crd` prints and waits until the API server serves every one of them.
+pub async fn install_crds(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::ResourceExt;
+    use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
+
+    let (code, out, err) = super::process::run(&super::process::binary(), &["crd"]);
+    assert_eq!(code, 0, "{err}");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut resources = Vec::new();
+    for doc in out.split("\n---\n").skip(1) {
+        let crd: CustomResourceDefinition = serde_yaml::from_str(doc).expect("CRD");
+        crds.patch(
+            &crd.name_any(),
+            &PatchParams::apply("phylax-test").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .expect("apply CRD");
+        let version = crd.spec.versions[0].name.clone();
+        resources.push(kube::api::ApiResource {
+            group: crd.spec.group.clone(),
+            version: version.clone(),
+            api_version: format!("{}/{version}", crd.spec.group),
+            kind: crd.spec.names.kind.clone(),
+            plural: crd.spec.names.plural.clone(),
+        });
+    }
+    for ar in resources {
+        let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
+        super::wait::wait_for(
+            &format!("the {} CRD to be served", ar.kind),
+            std::time::Duration::from_secs(30),
+            || async { api.list(&ListParams::default().limit(1)).await.ok().map(|_| ()) },
+        )
+        .await;
+    }
+}

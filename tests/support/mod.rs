@@ -8,6 +8,7 @@ pub mod keeper;
 pub mod moto;
 pub mod process;
 pub mod swtpm;
+pub mod tls;
 pub mod wait;
 
 /// A free TCP port on loopback (bound and released; a port race with another process is possible

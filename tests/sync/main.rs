@@ -22,13 +22,11 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::core::GroupVersionKind;
-use kube::discovery::pinned_kind;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 use serde_json::{Value, json};
 
 use support::cluster::{TestNamespace, cluster};
-use support::process::{Phylax, binary, run};
+use support::process::{Phylax, binary};
 use support::wait::wait_for;
 
 /// One operator at a time in this binary.
@@ -37,41 +35,7 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     SERIAL.lock().await
 }
 
-/// The CRDs from `phylax crd`, applied and served.
-pub async fn install_crds(client: &Client) {
-    let (code, out, err) = run(&binary(), &["crd"]);
-    assert_eq!(code, 0, "{err}");
-    let crds: Api<DynamicObject> = Api::all_with(
-        client.clone(),
-        &kube::api::ApiResource::erase::<
-            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-        >(&()),
-    );
-    for doc in out.split("\n---\n").skip(1) {
-        let obj: DynamicObject = serde_yaml::from_str(doc).expect("CRD");
-        crds.patch(
-            &obj.name_any(),
-            &PatchParams::apply("phylax-test").force(),
-            &Patch::Apply(&obj),
-        )
-        .await
-        .expect("apply CRD");
-    }
-    let gvk = GroupVersionKind::gvk("secrets.phylax.dev", "v1alpha1", "SecretProvider");
-    wait_for(
-        "the SecretProvider CRD to be served",
-        Duration::from_secs(30),
-        || async {
-            let (ar, _) = pinned_kind(client, &gvk).await.ok()?;
-            Api::<DynamicObject>::all_with(client.clone(), &ar)
-                .list(&ListParams::default())
-                .await
-                .ok()
-                .map(|_| ())
-        },
-    )
-    .await;
-}
+pub use support::cluster::install_crds;
 
 pub fn providers(client: &Client) -> Api<DynamicObject> {
     let ar = kube::api::ApiResource::erase::<phylax::api::secret_provider::SecretProvider>(&());

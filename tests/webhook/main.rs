@@ -6,7 +6,6 @@
 #[path = "../support/mod.rs"]
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -16,83 +15,14 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
-};
 use serde_json::json;
 
 use support::cluster::{TestNamespace, cluster};
 use support::process::Phylax;
+use support::tls::{Ca, SecretVolume};
 use support::wait::wait_for;
 
 mod operator_certs;
-
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        Ca {
-            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("ca"),
-        }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// A serving certificate for 127.0.0.1: (certificate PEM, key PEM).
-    fn serving(&self) -> (String, String) {
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "phylax-webhook");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = params.signed_by(&key, &self.issuer).expect("sign");
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
-/// A directory laid out like a Secret volume: `tls.crt -> ..data/tls.crt`, `..data -> ..<version>`.
-struct SecretVolume {
-    dir: tempfile::TempDir,
-    version: usize,
-}
-
-impl SecretVolume {
-    fn new(pair: (String, String)) -> SecretVolume {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut v = SecretVolume { dir, version: 0 };
-        v.update(pair);
-        for f in ["tls.crt", "tls.key"] {
-            std::os::unix::fs::symlink(format!("..data/{f}"), v.path().join(f)).expect("symlink");
-        }
-        v
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Writes a new version and swaps `..data` to it atomically, as the kubelet does.
-    fn update(&mut self, (cert, key): (String, String)) {
-        self.version += 1;
-        let version = PathBuf::from(format!("..v{}", self.version));
-        std::fs::create_dir(self.path().join(&version)).expect("version dir");
-        std::fs::write(self.path().join(&version).join("tls.crt"), cert).expect("cert");
-        std::fs::write(self.path().join(&version).join("tls.key"), key).expect("key");
-        let tmp = self.path().join("..data_tmp");
-        std::os::unix::fs::symlink(&version, &tmp).expect("symlink");
-        std::fs::rename(&tmp, self.path().join("..data")).expect("swap ..data");
-    }
-}
 
 async fn start_webhook(tls: &SecretVolume, port: Option<u16>) -> (Phylax, u16) {
     let port = port.unwrap_or_else(support::free_port);
@@ -101,7 +31,9 @@ async fn start_webhook(tls: &SecretVolume, port: Option<u16>) -> (Phylax, u16) {
         format!("--tls-dir={}", tls.path().display()),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut p = Phylax::start("webhook", &args, None);
+    // The webhook reads ProfileBindings and profiles: it is ready once it has listed them.
+    support::cluster::install_crds(&cluster().client().await).await;
+    let mut p = Phylax::start("webhook", &args, Some(&cluster().kubeconfig));
     p.wait_ready(Duration::from_secs(20)).await;
     (p, port)
 }

@@ -46,6 +46,27 @@ struct Target {
     container: String,
 }
 
+/// What became of one audit record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attributed {
+    /// To a container being recorded.
+    Recorded,
+    /// To a container not (yet) known to be recorded: kept until its pod's status says.
+    Pending,
+    /// Not from a container, or an unknown architecture or syscall.
+    No,
+}
+
+impl Attributed {
+    fn as_str(self) -> &'static str {
+        match self {
+            Attributed::Recorded => "recorded",
+            Attributed::Pending => "pending",
+            Attributed::No => "not_recorded",
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     /// Container ID → what it records into.
@@ -74,8 +95,7 @@ pub async fn run(
     loop {
         tokio::select! {
             Some(record) = records.recv() => {
-                let found = state.record(&node.proc_root, record);
-                let result = if found { "recorded" } else { "not_recorded" };
+                let result = state.record(&node.proc_root, record).as_str();
                 metrics.audit_lines.get_or_create(&ResultLabels { result }).inc();
             }
             Some(pod) = pod_events.recv() => {
@@ -134,12 +154,11 @@ impl State {
         }
     }
 
-    /// Notes one record; `true` when it belongs to a recorded container (or may, once its pod's
-    /// status names it).
-    fn record(&mut self, proc_root: &std::path::Path, r: SeccompRecord) -> bool {
+    /// Notes one record.
+    fn record(&mut self, proc_root: &std::path::Path, r: SeccompRecord) -> Attributed {
         let Some(name) = seccomp::arch_from_audit(r.arch).and_then(|a| seccomp::syscall_name(a, r.syscall))
         else {
-            return false;
+            return Attributed::No;
         };
         if self.pids.len() > MAX_PIDS {
             self.pids.clear();
@@ -153,16 +172,17 @@ impl State {
             })
             .clone();
         let Some(container) = container else {
-            return false;
+            return Attributed::No;
         };
         if let Some(target) = self.containers.get(&container) {
             self.seen.entry(target.clone()).or_default().insert(name);
-            return true;
+            return Attributed::Recorded;
         }
         if self.pending.len() < MAX_PENDING || self.pending.contains_key(&container) {
             self.pending.entry(container).or_default().insert(name);
+            return Attributed::Pending;
         }
-        false
+        Attributed::No
     }
 
     /// Takes what a pod's containers recorded, merged per container name.
@@ -297,27 +317,23 @@ mod tests {
             syscall,
         };
         // Before the pod's status has the container ID: kept pending.
-        assert!(!state.record(proc_root.path(), rec(0)));
+        assert_eq!(state.record(proc_root.path(), rec(0)), Attributed::Pending);
         state.index(&pod("u1", Some(ID)));
-        assert!(state.record(proc_root.path(), rec(1)));
-        assert!(state.record(proc_root.path(), rec(1)));
+        assert_eq!(state.record(proc_root.path(), rec(1)), Attributed::Recorded);
+        assert_eq!(state.record(proc_root.path(), rec(1)), Attributed::Recorded);
         // A process outside any container, an unknown architecture.
-        assert!(!state.record(
-            proc_root.path(),
-            SeccompRecord {
-                pid: 1,
-                arch: 0xc000_003e,
-                syscall: 2
-            }
-        ));
-        assert!(!state.record(
-            proc_root.path(),
-            SeccompRecord {
-                pid: 700,
-                arch: 7,
-                syscall: 2
-            }
-        ));
+        let outside = SeccompRecord {
+            pid: 1,
+            arch: 0xc000_003e,
+            syscall: 2,
+        };
+        assert_eq!(state.record(proc_root.path(), outside), Attributed::No);
+        let odd = SeccompRecord {
+            pid: 700,
+            arch: 7,
+            syscall: 2,
+        };
+        assert_eq!(state.record(proc_root.path(), odd), Attributed::No);
         let taken = state.take("u1");
         assert_eq!(taken.len(), 1);
         assert_eq!(taken[0].0.container, "app");

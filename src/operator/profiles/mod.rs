@@ -27,6 +27,7 @@ use crate::api::profiles::{
     node_finalizer, seccomp_localhost_profile,
 };
 use crate::runtime::finalizers;
+use crate::runtime::kube::wait_listed;
 
 const FIELD_MANAGER: &str = "phylax-operator";
 
@@ -130,7 +131,7 @@ pub async fn run(client: Client, term: CancellationToken) -> anyhow::Result<()> 
     let ready = {
         let ctx = ctx.clone();
         async move {
-            if ctx.reports.wait_until_ready().await.is_ok() && ctx.nodes.wait_until_ready().await.is_ok() {
+            if wait_listed(&ctx.reports).await && wait_listed(&ctx.nodes).await {
                 ctx.synced.store(true, Ordering::SeqCst);
                 // Reports of nodes that vanished while no operator ran are pruned by the reconciles.
                 let _ = seccomp_tx.send(String::new());
@@ -222,7 +223,15 @@ async fn controller<K: Profile>(
         .reconcile_on(triggers)
         .graceful_shutdown_on(term.cancelled_owned())
         .run(reconcile::<K>, error_policy, ctx)
-        .for_each(|_| async {})
+        .for_each(|result| async move {
+            // Reconcile errors are logged by error_policy; here only the controller's own
+            // (the watch failing, a trigger for an object that is gone).
+            if let Err(e) = result
+                && !matches!(e, kube::runtime::controller::Error::ReconcilerFailed(..))
+            {
+                tracing::warn!(error = %e, "profile controller");
+            }
+        })
         .await;
 }
 

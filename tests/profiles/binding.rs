@@ -1,0 +1,240 @@
+//! The webhook binding profiles to new pods, called by the real API server: a pod is refused
+//! while its bound profile is not installed everywhere and admitted with it once it is;
+//! privileged pods are left alone; recorded pods get the logging profile.
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use super::support::cluster::TestNamespace;
+use super::support::tls::{Ca, SecretVolume};
+use super::support::wait::wait_for;
+use super::*;
+use phylax::api::profiles::{BOUND_ANNOTATION, RECORDING_ANNOTATION};
+
+/// The webhook role serving on loopback, registered (by URL) for pods in `ns` only.
+pub struct Webhook {
+    pub process: Phylax,
+    config: String,
+    _tls: SecretVolume,
+}
+
+impl Webhook {
+    pub async fn start(client: &Client, ns: &TestNamespace) -> Webhook {
+        let ca = Ca::new("profiles-webhook-ca");
+        let tls = SecretVolume::new(ca.serving());
+        let port = super::support::free_port();
+        let args = [
+            format!("--listen-addr=127.0.0.1:{port}"),
+            format!("--tls-dir={}", tls.path().display()),
+            "--namespace=default".to_owned(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut process = Phylax::start("webhook", &args, Some(&cluster().kubeconfig));
+        process.wait_ready(TIMEOUT).await;
+
+        let label = format!("phylax.dev/profiles-test-{}", super::support::random_suffix());
+        Api::<Namespace>::all(client.clone())
+            .patch(
+                &ns.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {label.clone(): "on"}}})),
+            )
+            .await
+            .expect("label namespace");
+        let config = format!("phylax-profiles-test-{}", super::support::random_suffix());
+        let webhook: MutatingWebhookConfiguration = serde_json::from_value(json!({
+            "metadata": {"name": config},
+            "webhooks": [{
+                "name": "profiles.phylax.dev",
+                "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate/profiles"),
+                                 "caBundle": k8s_openapi::ByteString(ca.pem().into_bytes())},
+                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
+                "namespaceSelector": {"matchLabels": {label: "on"}},
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "reinvocationPolicy": "IfNeeded",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 5,
+            }],
+        }))
+        .expect("configuration");
+        Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .create(&PostParams::default(), &webhook)
+            .await
+            .expect("register the webhook");
+        Webhook {
+            process,
+            config,
+            _tls: tls,
+        }
+    }
+
+    pub async fn stop(mut self, client: &Client) {
+        let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .delete(&self.config, &DeleteParams::default())
+            .await;
+        self.process.signal(libc::SIGTERM);
+        let _ = self.process.wait_exit(TIMEOUT).await;
+    }
+}
+
+pub async fn apply_namespaced(client: &Client, ns: &str, kind: &str, name: &str, spec: Value) {
+    let ar = kube::api::ApiResource {
+        group: "profiles.phylax.dev".into(),
+        version: "v1alpha1".into(),
+        api_version: "profiles.phylax.dev/v1alpha1".into(),
+        kind: kind.into(),
+        plural: format!("{}s", kind.to_lowercase()),
+    };
+    let obj = json!({"apiVersion": "profiles.phylax.dev/v1alpha1", "kind": kind,
+        "metadata": {"name": name, "namespace": ns}, "spec": spec});
+    Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar)
+        .patch(
+            name,
+            &PatchParams::apply("phylax-test").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply {kind} {name}: {e}"));
+}
+
+fn seccomp_of(pod: &Pod, container: usize) -> Option<String> {
+    pod.spec.as_ref()?.containers[container]
+        .security_context
+        .as_ref()?
+        .seccomp_profile
+        .as_ref()?
+        .localhost_profile
+        .clone()
+}
+
+#[tokio::test]
+async fn bindings_apply_installed_profiles_to_new_pods_and_refuse_the_rest() {
+    let _serial = serial().await;
+    let s = Setup::start("none").await;
+    let c = &s.client;
+    let ns = TestNamespace::create(cluster(), "binding").await;
+    let webhook = Webhook::start(c, &ns).await;
+
+    apply_namespaced(
+        c,
+        &ns.name,
+        "ProfileBinding",
+        "web",
+        json!({
+        "profileRef": {"kind": "SeccompProfile", "name": "web-bound"},
+        "image": "registry.local/web:*"}),
+    )
+    .await;
+    let web_pod = |name: &str| {
+        json!({"metadata": {"name": name, "labels": {"app": "web"}}, "spec": {"containers": [
+        {"name": "web", "image": "registry.local/web:2.1"},
+        {"name": "sidecar", "image": "envoy:1.30"}]}})
+    };
+
+    // Not there yet: refused, with what to wait for. (The first tries may meet a webhook the API
+    // server has not loaded yet; wait for the refusal.)
+    let refusal = wait_for("the webhook to refuse the pod", TIMEOUT, || async {
+        create_pod(c, &ns.name, web_pod("early")).await.err()
+    })
+    .await;
+    assert!(
+        refusal.contains("ProfileBinding web") && refusal.contains("SeccompProfile web-bound does not exist"),
+        "{refusal}"
+    );
+
+    // Created but failing on the nodes: still refused.
+    apply_profile(c, "web-bound", json!({"defaultAction": "SCMP_ACT_NOPE"})).await;
+    wait_state(c, "web-bound", "Error").await;
+    let refusal = wait_for("the webhook to see the Error", TIMEOUT, || async {
+        create_pod(c, &ns.name, web_pod("erroring"))
+            .await
+            .err()
+            .filter(|m| m.contains("is Error"))
+    })
+    .await;
+    assert!(
+        refusal.contains("kubectl get seccompprofile web-bound"),
+        "{refusal}"
+    );
+
+    // Installed everywhere: admitted with the profile on the matching container only.
+    apply_profile(
+        c,
+        "web-bound",
+        json!({"defaultAction": "SCMP_ACT_ERRNO",
+        "syscalls": [{"names": ["read", "write"], "action": "SCMP_ACT_ALLOW"}]}),
+    )
+    .await;
+    wait_state(c, "web-bound", "Installed").await;
+    let pod = wait_for("the pod to be admitted", TIMEOUT, || async {
+        create_pod(c, &ns.name, web_pod("bound")).await.ok()
+    })
+    .await;
+    assert_eq!(seccomp_of(&pod, 0).as_deref(), Some("phylax/web-bound.json"));
+    assert_eq!(
+        pod.spec.as_ref().unwrap().containers[0]
+            .security_context
+            .as_ref()
+            .unwrap()
+            .seccomp_profile
+            .as_ref()
+            .unwrap()
+            .type_,
+        "Localhost"
+    );
+    assert_eq!(seccomp_of(&pod, 1), None);
+    assert_eq!(
+        pod.annotations().get(BOUND_ANNOTATION).map(String::as_str),
+        Some("web=SeccompProfile/web-bound")
+    );
+
+    // Privileged pods are never changed.
+    let privileged = create_pod(
+        c,
+        &ns.name,
+        json!({"metadata": {"name": "priv"}, "spec": {"containers": [
+        {"name": "web", "image": "registry.local/web:2.1", "securityContext": {"privileged": true}}]}}),
+    )
+    .await
+    .expect("privileged pod admitted");
+    assert_eq!(seccomp_of(&privileged, 0), None);
+
+    // A recording takes the pods it selects: the logging profile, and the mark for the recorder.
+    apply_namespaced(
+        c,
+        &ns.name,
+        "ProfileRecording",
+        "rec",
+        json!({
+        "kind": "SeccompProfile", "recorder": "logs", "podSelector": {"matchLabels": {"app": "web"}}}),
+    )
+    .await;
+    let recorded = wait_for("the recording to apply", TIMEOUT, || async {
+        let p = create_pod(
+            c,
+            &ns.name,
+            web_pod(&format!("rec-{}", super::support::random_suffix())),
+        )
+        .await
+        .ok()?;
+        p.annotations().contains_key(RECORDING_ANNOTATION).then_some(p)
+    })
+    .await;
+    assert_eq!(seccomp_of(&recorded, 0).as_deref(), Some("phylax-recording.json"));
+    assert_eq!(seccomp_of(&recorded, 1).as_deref(), Some("phylax-recording.json"));
+    assert_eq!(recorded.annotations()[RECORDING_ANNOTATION], "rec");
+    // The agents installed the logging profile itself beside the profiles' directory.
+    for node in &s.nodes {
+        let file = std::fs::read_to_string(node.root.path().join("seccomp/phylax-recording.json"))
+            .expect("logging profile");
+        assert!(file.contains("SCMP_ACT_LOG"));
+    }
+
+    webhook.stop(c).await;
+    s.assert_no_panic();
+    s.finish().await;
+}
