@@ -127,5 +127,37 @@ value=$(kubectl -n phylax-demo get secret app-config -o 'jsonpath={.data.GREETIN
 [ "$value" = "hello from phylax" ] || { echo "the synced Secret holds '$value'" >&2; exit 1; }
 echo "   Secret phylax-demo/app-config synced"
 
-# A profile installed by the node agent joins the smoke test when the profiles issue lands.
+# A SeccompProfile: compiled and installed by the node agent on both nodes, bound by the webhook to
+# a new pod, which the container runtime starts under it.
+kubectl apply --server-side --field-manager=phylax-kind -f - >/dev/null <<YAML
+apiVersion: profiles.phylax.dev/v1alpha1
+kind: SeccompProfile
+metadata: {name: demo-deny-mkdir}
+spec:
+  defaultAction: SCMP_ACT_ALLOW
+  syscalls:
+  - {names: [mkdir, mkdirat], action: SCMP_ACT_ERRNO, errnoRet: 13}
+---
+apiVersion: profiles.phylax.dev/v1alpha1
+kind: ProfileBinding
+metadata: {name: pause, namespace: phylax-demo}
+spec:
+  profileRef: {kind: SeccompProfile, name: demo-deny-mkdir}
+  image: "registry.k8s.io/pause:*"
+YAML
+for _ in $(seq 1 60); do
+  [ "$(kubectl get seccompprofile demo-deny-mkdir -o 'jsonpath={.status.state}')" = Installed ] && break
+  sleep 1
+done
+for node in $(kind get nodes --name "$CLUSTER"); do
+  docker exec "$node" test -s /var/lib/kubelet/seccomp/phylax/demo-deny-mkdir.json \
+    || { echo "the profile is not installed on $node" >&2; exit 1; }
+done
+kubectl -n phylax-demo delete pod bound --ignore-not-found >/dev/null
+kubectl -n phylax-demo run bound --image=registry.k8s.io/pause:3.9 --restart=Never >/dev/null
+kubectl -n phylax-demo wait pod/bound --for=condition=Ready --timeout=120s >/dev/null
+bound=$(kubectl -n phylax-demo get pod bound -o 'jsonpath={.spec.containers[0].securityContext.seccompProfile.localhostProfile}')
+[ "$bound" = phylax/demo-deny-mkdir.json ] || { echo "the pod runs with seccomp profile '$bound'" >&2; exit 1; }
+echo "   SeccompProfile demo-deny-mkdir installed on every node and bound to pod phylax-demo/bound"
+
 step "done: kubectl config use-context kind-$CLUSTER; kind/down.sh removes it all"

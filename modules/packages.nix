@@ -72,8 +72,11 @@ let
     PKG_CONFIG_ALLOW_CROSS = "1";
     PHYLAX_GIT_COMMIT = commit;
     nativeBuildInputs = [ pkgs.pkg-config ];
-    # libseccomp is for the node agent's profile compiler.
+    # libseccomp is for the node agent's profile compiler; libseccomp-sys links it statically
+    # from here rather than through pkg-config.
     buildInputs = [ tpm2-tss static.openssl static.libseccomp ];
+    LIBSECCOMP_LINK_TYPE = "static";
+    LIBSECCOMP_LIB_PATH = "${lib.getLib static.libseccomp}/lib";
   };
 
   roles = [ "operator" "webhook" "kms-plugin" "node-agent" "tokenizer" ];

@@ -2,7 +2,7 @@
 #
 #   services.phylax.kmsPlugin.enable = true;            # provider "tpm" by default: KEK sealed in /dev/tpmrm0
 #   services.phylax.kmsPlugin.wireApiserver = true;     # EncryptionConfiguration for services.kubernetes.apiserver
-#   services.phylax.nodeAgent.enable = true;
+#   services.phylax.nodeAgent = { enable = true; kubeconfig = "/etc/phylax/node-agent.kubeconfig"; };
 { self }:
 { config, lib, pkgs, ... }:
 let
@@ -131,10 +131,31 @@ in
         default = "/var/lib/kubelet";
         description = "The kubelet's root directory: the only place the agent may write (<kubeletRoot>/seccomp).";
       };
+      nodeName = lib.mkOption {
+        type = lib.types.str;
+        default = config.networking.hostName;
+        defaultText = lib.literalExpression "config.networking.hostName";
+        description = "This node's name as the cluster knows it (its Node object).";
+      };
+      kubeconfig = lib.mkOption {
+        type = lib.types.path;
+        description = "Kubeconfig of the agent's identity (RBAC: the ClusterRole phylax-node-agent from `phylax manifests`).";
+      };
+      auditSource = lib.mkOption {
+        type = lib.types.str;
+        default = "/dev/kmsg";
+        description = "Where seccomp audit records appear (/dev/kmsg, auditd's log, syslog), or \"none\" to turn profile recording off.";
+      };
+      apparmor = lib.mkOption {
+        type = lib.types.bool;
+        default = config.security.apparmor.enable;
+        defaultText = lib.literalExpression "config.security.apparmor.enable";
+        description = "Load AppArmorProfiles with apparmor_parser (needs AppArmor enabled on the host).";
+      };
       extraArgs = lib.mkOption {
         type = lib.types.listOf lib.types.str;
         default = [ ];
-        description = "More flags for `phylax node-agent`. (Today the agent serves its admin endpoints only; its node name, kubeconfig and kubelet-root flags arrive with the profile installer.)";
+        description = "More flags for `phylax node-agent`.";
       };
     };
   };
@@ -209,9 +230,26 @@ in
           ExecStart = lib.escapeShellArgs ([
             "${cfg.package}/bin/phylax" "node-agent"
             "--admin-addr=127.0.0.1:9093"
+            "--kubeconfig=${agent.kubeconfig}"
+            "--node-name=${agent.nodeName}"
+            "--kubelet-root=${agent.kubeletRoot}"
+            "--audit-source=${agent.auditSource}"
+            "--apparmor-parser=${pkgs.apparmor-parser}/bin/apparmor_parser"
+            "--apparmor-dir=/var/lib/phylax-apparmor"
           ] ++ agent.extraArgs);
-          # Root only to write into the kubelet's directory, and only there.
+          # Root only to write into the kubelet's directory, and only there (plus the AppArmor
+          # policies it loads).
           ReadWritePaths = [ "${agent.kubeletRoot}/seccomp" ];
+          StateDirectory = "phylax-apparmor";
+          # /dev/kmsg for the recorder; every process's /proc/<pid>/cgroup to find its container.
+          ProtectKernelLogs = agent.auditSource != "/dev/kmsg";
+          ProtectProc = "default";
+          ProcSubset = "all";
+          CapabilityBoundingSet = lib.optional (agent.auditSource == "/dev/kmsg") "CAP_SYSLOG"
+            ++ lib.optional agent.apparmor "CAP_MAC_ADMIN";
+          AmbientCapabilities = lib.optional (agent.auditSource == "/dev/kmsg") "CAP_SYSLOG"
+            ++ lib.optional agent.apparmor "CAP_MAC_ADMIN";
+          SystemCallFilter = [ "@system-service" ] ++ lib.optional (!agent.apparmor) "~@privileged";
           ExecStartPre = "+${pkgs.coreutils}/bin/mkdir -p ${agent.kubeletRoot}/seccomp/phylax";
           RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" "AF_NETLINK" ];
           Restart = "on-failure";

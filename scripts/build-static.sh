@@ -6,7 +6,7 @@
 #   - tpm2-tss 4.1 (trixie source) built with --enable-nodl: a static binary cannot dlopen() its
 #     TCTI modules, so the device and swtpm TCTIs are linked in (the others are left out, as every
 #     TCTI library defines the same Tss2_Tcti_Info symbol).
-# libseccomp joins when the node agent links it (it does not yet).
+#   - libseccomp 2.5 (bookworm source), static, for the node agent's profile compiler.
 # The C libraries go to $PHYLAX_STATIC_PREFIX (default /var/tmp/phylax/static, built once); the
 # binary to $CARGO_TARGET_DIR/x86_64-unknown-linux-musl/release/phylax.
 # Usage: scripts/build-static.sh [cargo feature arguments, default: all roles]
@@ -20,12 +20,12 @@ JOBS=${JOBS:-2}
 T0=$(date +%s)
 step() { echo "== [+$(( $(date +%s) - T0 ))s] $*"; }
 
-if [ ! -f "$PREFIX/lib/libtss2-esys.a" ]; then
+if [ ! -f "$PREFIX/lib/libtss2-esys.a" ] || [ ! -f "$PREFIX/lib/libseccomp.a" ]; then
   step "apt: musl-gcc and build tools"
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      musl-tools pkg-config make autoconf automake libtool libltdl-dev autoconf-archive dpkg-dev \
+      musl-tools pkg-config make autoconf automake libtool libltdl-dev autoconf-archive dpkg-dev gperf \
       ca-certificates debian-archive-keyring >/dev/null
   fi
 
@@ -50,6 +50,7 @@ SRC
   done
   export CC=musl-gcc CFLAGS="-O2 -fPIC -I$PREFIX/include -idirafter $MUSL_KERNEL" LDFLAGS="-L$PREFIX/lib"
 
+  if [ ! -f "$PREFIX/lib/libtss2-esys.a" ]; then
   step "mbedTLS (bookworm source), static"
   cd "$PREFIX/src"
   [ -d mbedtls-2.28.3 ] || apt-get "${APTB[@]}" source mbedtls=2.28.3-1 >/dev/null 2>&1
@@ -82,6 +83,18 @@ SRC
   for tcti in device swtpm; do
     objcopy --localize-symbol=Tss2_Tcti_Info "$PREFIX/lib/libtss2-tcti-$tcti.a"
   done
+  fi
+
+  if [ ! -f "$PREFIX/lib/libseccomp.a" ]; then
+    step "libseccomp (bookworm source), static"
+    cd "$PREFIX/src"
+    ls -d libseccomp-2.5.4 >/dev/null 2>&1 || apt-get "${APTB[@]}" source libseccomp/bookworm >/dev/null 2>&1
+    cd "$PREFIX/src/libseccomp-2.5.4"
+    ./configure -q --prefix="$PREFIX" --enable-static --disable-shared --disable-python
+    make -s -j"$JOBS" -C src >/dev/null
+    make -s -C src install >/dev/null
+    make -s -C include install >/dev/null
+  fi
   unset CC CFLAGS LDFLAGS
 fi
 
@@ -92,6 +105,8 @@ step "cargo build --release --target $TARGET ${*:-(all roles)}"
 cd "$REPO"
 export PKG_CONFIG_ALLOW_CROSS=1 PKG_CONFIG_ALL_STATIC=1 PKG_CONFIG_PATH=$PREFIX/lib/pkgconfig PKG_CONFIG_LIBDIR=$PREFIX/lib/pkgconfig
 export CC_x86_64_unknown_linux_musl=musl-gcc
+# libseccomp-sys links the static library from here instead of asking pkg-config.
+export LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$PREFIX/lib
 cargo build --release --locked --target "$TARGET" "$@"
 BIN=$CARGO_TARGET_DIR/$TARGET/release/phylax
 file "$BIN"

@@ -96,6 +96,23 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
+/// Waits until a reflector store has listed once; `false` if its writer is gone. kube's readiness
+/// signal wakes a single waiter per store (a oneshot channel underneath), and a controller's own
+/// store already has one, the controller itself: so the wait is renewed every 100 ms.
+pub async fn wait_listed<K>(store: &kube::runtime::reflector::Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await {
+            Ok(Ok(())) => return true,
+            Ok(Err(_)) => return false,
+            Err(_) => continue,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,22 +133,5 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("--kubeconfig"), "{err}");
-    }
-}
-
-/// Waits until a reflector store has listed once; `false` if its writer is gone. kube's readiness
-/// signal wakes a single waiter per store (a oneshot channel underneath), and a controller's own
-/// store already has one, the controller itself: so the wait is renewed every 100 ms.
-pub async fn wait_listed<K>(store: &kube::runtime::reflector::Store<K>) -> bool
-where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: std::hash::Hash + Eq + Clone,
-{
-    loop {
-        match tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await {
-            Ok(Ok(())) => return true,
-            Ok(Err(_)) => return false,
-            Err(_) => continue,
-        }
     }
 }

@@ -235,6 +235,41 @@ async fn invalid_profiles_are_reported_with_the_culprit_and_never_written() {
         wait_file(&node.file("bad-syscall"), |f| allowed(f) == ["read"]).await;
         assert!(node.agent().metric_sum("phylax_profiles_errors_total", &[]).await >= Some(6.0));
     }
+    // AppArmor on nodes without it (this kernel has no AppArmor): reported, nothing loaded.
+    let aa = kube::api::ApiResource::erase::<phylax::api::profiles::AppArmorProfile>(&());
+    Api::<kube::api::DynamicObject>::all_with(c.clone(), &aa)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"apiVersion": "profiles.phylax.dev/v1alpha1", "kind": "AppArmorProfile",
+                "metadata": {"name": "deny-write"},
+                "spec": {"policy": "profile deny-write flags=(attach_disconnected) {\n  file,\n  deny /** w,\n}\n"}}))
+            .expect("object"),
+        )
+        .await
+        .expect("create AppArmorProfile");
+    let aa_api: Api<phylax::api::profiles::AppArmorProfile> = Api::all(c.clone());
+    let unsupported = wait_for("the AppArmorProfile to be reported", TIMEOUT, || async {
+        let p = aa_api.get("deny-write").await.ok()?;
+        let status = p.status?;
+        (status.state.as_deref() == Some("Unsupported") && status.nodes.len() == 2).then_some(status)
+    })
+    .await;
+    assert!(
+        unsupported.conditions[0]
+            .message
+            .contains("AppArmor is not enabled"),
+        "{:?}",
+        unsupported.conditions
+    );
+    aa_api
+        .delete("deny-write", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for("the AppArmorProfile to be gone", TIMEOUT, || async {
+        aa_api.get_opt("deny-write").await.ok()?.is_none().then_some(())
+    })
+    .await;
+
     // Disabled: not installed, reported as such.
     apply_profile(
         c,
