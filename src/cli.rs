@@ -234,6 +234,23 @@ fn one_line_clap_error(e: &clap::Error, subcommand: Option<&str>) -> String {
         .find(|l| !l.trim().is_empty())
         .unwrap_or("invalid arguments");
     let first = first.trim().trim_start_matches("error:").trim();
+    // "the following required arguments were not provided:" lists them on the next lines.
+    let listed: Vec<&str> = if first.ends_with(':') {
+        rendered
+            .lines()
+            .skip_while(|l| !l.contains(first))
+            .skip(1)
+            .take_while(|l| l.starts_with(' ') && !l.trim().is_empty())
+            .map(str::trim)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let first = if listed.is_empty() {
+        first.to_owned()
+    } else {
+        format!("{first} {}", listed.join(", "))
+    };
     let tip = rendered
         .lines()
         .map(str::trim)
@@ -295,6 +312,17 @@ mod tests {
                 panic!("expected an error for {args:?}")
             };
             assert!(!msg.contains('\n') && !msg.contains('\r'), "{msg:?}");
+        }
+    }
+
+    #[test]
+    fn a_missing_required_flag_is_named() {
+        match parse_strs(&["phylax", "node-agent"]) {
+            Parsed::Error(msg) => {
+                assert!(msg.contains("--node-name"), "{msg}");
+                assert!(!msg.contains('\n'), "{msg}");
+            }
+            _ => panic!("a node agent without --node-name was accepted"),
         }
     }
 

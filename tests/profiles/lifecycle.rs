@@ -323,12 +323,16 @@ async fn deletion_waits_for_the_pods_on_each_node_that_use_the_profile() {
         .expect("delete");
     // The node without the pod removes its file; the node with it keeps it and says why.
     wait_no_file(&s.nodes[1].file("held")).await;
-    let p = wait_state(c, "held", "Terminating").await;
-    let message = &p.status.expect("status").conditions[0].message;
-    assert!(
-        message.contains(&format!("{}/user", ns.name)) && message.contains(&s.nodes[0].name),
-        "{message}"
-    );
+    let user = format!("{}/user", ns.name);
+    let p = wait_for("the profile to say which pod holds it", TIMEOUT, || async {
+        let p = profiles(c).get("held").await.ok()?;
+        let status = p.status.as_ref()?;
+        let says = status.state.as_deref() == Some("Terminating")
+            && status.conditions.first()?.message.contains(&user)
+            && status.conditions.first()?.message.contains(&s.nodes[0].name);
+        says.then_some(p)
+    })
+    .await;
     assert!(s.nodes[0].file("held").exists());
     assert_eq!(
         p.metadata.finalizers.unwrap_or_default(),

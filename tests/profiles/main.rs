@@ -88,6 +88,7 @@ impl Setup {
     pub async fn start(audit_source: &str) -> Setup {
         let client = cluster().client().await;
         install_crds(&client).await;
+        reset(&client).await;
         let proc_root = tempfile::tempdir().expect("proc root");
         let mut nodes = Vec::new();
         for i in 1..=2 {
@@ -152,6 +153,46 @@ impl Setup {
                 assert!(!line.contains("panicked"), "{line}");
             }
         }
+    }
+}
+
+/// Removes what an earlier test that failed half-way left behind (its Nodes, and profiles held by
+/// the finalizers of agents that no longer run), so one failure does not fail the tests after it.
+async fn reset(client: &Client) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let ours = ListParams::default().labels("phylax.dev/test=profiles");
+    for node in nodes.list(&ours).await.expect("list nodes").items {
+        let _ = nodes.delete(&node.name_any(), &DeleteParams::default()).await;
+    }
+    for ar in [
+        kube::api::ApiResource::erase::<SeccompProfile>(&()),
+        kube::api::ApiResource::erase::<phylax::api::profiles::AppArmorProfile>(&()),
+    ] {
+        let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
+        for p in api
+            .list(&ListParams::default())
+            .await
+            .expect("list profiles")
+            .items
+        {
+            let _ = api
+                .patch(
+                    &p.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                )
+                .await;
+            let _ = api.delete(&p.name_any(), &DeleteParams::default()).await;
+        }
+        wait_for("leftover profiles to be gone", TIMEOUT, || async {
+            api.list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .is_empty()
+                .then_some(())
+        })
+        .await;
     }
 }
 

@@ -54,7 +54,11 @@ pub fn status(input: Input<'_>) -> ProfileStatus {
             .filter(|n| n.state == NodeState::Terminating)
             .filter_map(|n| n.message.as_deref())
             .collect();
-        ("Terminating", waiting.first().map(|m| (*m).to_owned()))
+        let why = waiting
+            .first()
+            .map(|m| (*m).to_owned())
+            .unwrap_or_else(|| "deleted; waiting for the nodes to remove it".to_owned());
+        ("Terminating", Some(why))
     } else if !input.enabled {
         ("Disabled", None)
     } else if let Some(e) = error {
