@@ -70,7 +70,7 @@ pub struct NodeArgs {
     #[arg(long, value_name = "DIR", default_value = "/etc/apparmor.d/phylax")]
     pub apparmor_dir: PathBuf,
 
-    /// Profiles handled at once
+    /// API calls (finalizers, reports) in flight; profile files are written without waiting for them
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub profile_concurrency: u16,
 }
@@ -143,12 +143,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             apparmor,
             metrics: metrics.clone(),
             reports: report::Reports::new(client.clone(), node.node_name.clone()),
+            api_slots: tokio::sync::Semaphore::new(node.profile_concurrency.max(1).into()),
         });
         tasks.spawn(profiles::run_seccomp(
             shared.clone(),
             seccomp_tx,
             seccomp_rx,
-            node.profile_concurrency,
             synced,
             shutdown.clone(),
         ));

@@ -41,6 +41,9 @@ pub struct Shared {
     pub apparmor: Support,
     pub metrics: ProfileMetrics,
     pub reports: Reports,
+    /// API calls in flight (`--profile-concurrency`). Files are written without waiting for one:
+    /// a burst of profiles is installed at disk speed while the reports follow at API speed.
+    pub api_slots: tokio::sync::Semaphore,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +90,7 @@ impl Shared {
         path: Option<String>,
         pods: Vec<String>,
     ) -> Result<(), Error> {
+        let _slot = self.api_slots.acquire().await.ok();
         let report = NodeReport {
             state,
             message,
@@ -143,13 +147,13 @@ pub async fn run_seccomp(
     shared: Arc<Shared>,
     trigger: UnboundedSender<String>,
     triggers: UnboundedReceiver<String>,
-    concurrency: u16,
     synced: ReadyFlag,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let api = Api::<GuardedSeccomp>::all(shared.client.clone());
-    let controller = Controller::new(api, watcher::Config::default())
-        .with_config(controller::Config::default().concurrency(concurrency));
+    // No limit on reconciles: each one's local work is short, and its API calls wait for
+    // `Shared::api_slots`.
+    let controller = Controller::new(api, watcher::Config::default());
     let profiles = controller.store();
     let ctx = Arc::new(SeccompCtx {
         shared: shared.clone(),
@@ -237,6 +241,7 @@ async fn reconcile_seccomp(obj: Arc<GuardedSeccomp>, ctx: Arc<SeccompCtx>) -> Re
         if ctx.changed(&name, None) {
             ctx.trigger_children(&name);
         }
+        let _slot = s.api_slots.acquire().await.ok();
         s.reports.forget(kind, &name).await?;
         finalizers::remove(&api, obj.as_ref(), &finalizer).await?;
         return Ok(Action::await_change());
@@ -312,7 +317,8 @@ async fn reconcile_seccomp(obj: Arc<GuardedSeccomp>, ctx: Arc<SeccompCtx>) -> Re
         }
     };
 
-    finalizers::add(&api, obj.as_ref(), &finalizer).await?;
+    // The file first, then this node's finalizer: a deletion that comes in between makes adding
+    // the finalizer fail, and the file is removed here (or by the deletion's own reconcile).
     let written = s.dir.write(&name, &bytes).map_err(io)?;
     if written != Written::Unchanged {
         s.metrics.installed(kind, started.elapsed().as_secs_f64());
@@ -320,6 +326,22 @@ async fn reconcile_seccomp(obj: Arc<GuardedSeccomp>, ctx: Arc<SeccompCtx>) -> Re
     }
     if ctx.changed(&name, Some(Ok(bytes))) {
         ctx.trigger_children(&name);
+    }
+    let added = {
+        let _slot = s.api_slots.acquire().await.ok();
+        finalizers::add(&api, obj.as_ref(), &finalizer).await
+    };
+    match added {
+        Ok(()) => {}
+        // Gone before this node could hold it: no reconcile will come for it again.
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            if s.users(kind, &name).is_empty() && s.dir.remove(&name).map_err(io)? {
+                s.metrics.removed(kind);
+            }
+            ctx.changed(&name, None);
+            return Ok(Action::await_change());
+        }
+        Err(e) => return Err(e.into()),
     }
     let path = s.dir.path_of(&name).display().to_string();
     s.report(kind, obj.as_ref(), NodeState::Installed, None, Some(path), users)
