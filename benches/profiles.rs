@@ -1,4 +1,4 @@
-//! Security-profile benchmark on the real control plane, release build:
+//! Security-profile benchmark on the real control plane:
 //! (a) 500 SeccompProfiles created (8 create calls in flight), two Nodes each with a node agent on
 //!     its own kubelet root, the operator keeping statuses: time from a profile's create call to
 //!     its file on both nodes, p50/p99/max (files seen by scanning both directories every 2 ms);
@@ -6,7 +6,9 @@
 //! (c) audit lines parsed per second by the recorder's parser, over a mix of kmsg, auditd and
 //!     syslog seccomp records and other kernel lines.
 //!
-//! Run: `cargo bench --bench profiles`. `PHYLAX_BENCH_PROFILES` (default 500) sets the count.
+//! Run: `cargo bench --bench profiles`. `PHYLAX_BENCH_PROFILES` (default 500) sets the count;
+//! `PHYLAX_STATIC_BIN` runs the node agents and the operator from that binary (the static musl
+//! build the images ship, from `scripts/build-static.sh`) instead of this build's.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -91,6 +93,9 @@ async fn main() {
     .await;
     let client = support::cluster::client_for(&cp.kubeconfig).await;
     support::cluster::install_crds(&client).await;
+    let exe = std::env::var_os("PHYLAX_STATIC_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(support::process::binary);
     let mut roots = Vec::new();
     let mut agents = Vec::new();
     for i in 1..=2 {
@@ -109,7 +114,7 @@ async fn main() {
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut agent = Phylax::start_with(
-            support::process::binary(),
+            exe.clone(),
             "node-agent",
             &args,
             Some(&cp.kubeconfig),
@@ -120,7 +125,7 @@ async fn main() {
         roots.push(root);
     }
     let mut operator = Phylax::start_with(
-        support::process::binary(),
+        exe.clone(),
         "operator",
         &[
             "--namespace=default",
@@ -200,7 +205,8 @@ async fn main() {
     let rss: Vec<u64> = agents.iter().map(|a| rss_kib(a.pid())).collect();
 
     println!(
-        "security profiles benchmark (local kube-apiserver 1.20 + etcd, 2 Nodes, release build, 2 cores)"
+        "security profiles benchmark (local kube-apiserver 1.20 + etcd, 2 Nodes, 2 cores; agents and operator: {})",
+        exe.display()
     );
     println!(
         "(a) {count} SeccompProfiles, 8 creates in flight: create call -> file on both nodes: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
