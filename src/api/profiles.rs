@@ -310,9 +310,17 @@ pub struct ProfileRef {
 pub struct ProfileRecordingSpec {
     /// `SeccompProfile` (the only kind recorded).
     pub kind: ProfileKind,
-    /// `logs`: the kernel's audit records of a `SCMP_ACT_LOG` profile.
-    pub recorder: String,
+    /// `logs`: the kernel's audit records of a `SCMP_ACT_LOG` profile (the only recorder; the API
+    /// server refuses others by name).
+    pub recorder: Recorder,
     pub pod_selector: LabelSelector,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Recorder {
+    #[default]
+    Logs,
 }
 
 /// The name of node `node`'s report on a profile: `<kind>.<profile>.<node>` (lowercase kind),

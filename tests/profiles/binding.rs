@@ -227,6 +227,22 @@ async fn bindings_apply_installed_profiles_to_new_pods_and_refuse_the_rest() {
     assert_eq!(seccomp_of(&recorded, 0).as_deref(), Some("phylax-recording.json"));
     assert_eq!(seccomp_of(&recorded, 1).as_deref(), Some("phylax-recording.json"));
     assert_eq!(recorded.annotations()[RECORDING_ANNOTATION], "rec");
+    // A recorder Phylax does not have is refused by the API server, by name.
+    let ar = kube::api::ApiResource::erase::<phylax::api::profiles::ProfileRecording>(&());
+    let bpf = serde_json::from_value(
+        json!({"apiVersion": "profiles.phylax.dev/v1alpha1", "kind": "ProfileRecording",
+        "metadata": {"name": "bpf", "namespace": ns.name},
+        "spec": {"kind": "SeccompProfile", "recorder": "bpf", "podSelector": {}}}),
+    )
+    .expect("object");
+    let err = Api::<DynamicObject>::namespaced_with(c.clone(), &ns.name, &ar)
+        .create(&PostParams::default(), &bpf)
+        .await
+        .expect_err("recorder bpf is refused");
+    assert!(
+        err.to_string().contains("spec.recorder") && err.to_string().contains("logs"),
+        "{err}"
+    );
     // The agents installed the logging profile itself beside the profiles' directory.
     for node in &s.nodes {
         let file = std::fs::read_to_string(node.root.path().join("seccomp/phylax-recording.json"))

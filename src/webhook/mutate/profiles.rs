@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::api::profiles::{
     APPARMOR_ANNOTATION_PREFIX, AppArmorProfile, BOUND_ANNOTATION, ProfileBinding, ProfileBindingSpec,
-    ProfileKind, ProfileRecording, ProfileRecordingSpec, RECORDING_ANNOTATION, RECORDING_PROFILE,
+    ProfileKind, ProfileRecording, ProfileRecordingSpec, RECORDING_ANNOTATION, RECORDING_PROFILE, Recorder,
     SeccompProfile, glob_matches, seccomp_localhost_profile, selector_matches,
 };
 use crate::webhook::review::{FailurePolicy, Handler, Verdict, object};
@@ -211,7 +211,7 @@ pub fn decide(
 
     let mut active: Vec<&(String, ProfileRecordingSpec)> = recordings
         .iter()
-        .filter(|(_, r)| r.kind == ProfileKind::SeccompProfile && r.recorder == "logs")
+        .filter(|(_, r)| r.kind == ProfileKind::SeccompProfile && r.recorder == Recorder::Logs)
         .filter(|(_, r)| selector_matches(&r.pod_selector, labels))
         .collect();
     active.sort_by(|a, b| a.0.cmp(&b.0));
@@ -443,7 +443,7 @@ mod tests {
     fn recordings_give_the_logging_profile_and_mark_the_pod() {
         let rec = ProfileRecordingSpec {
             kind: ProfileKind::SeccompProfile,
-            recorder: "logs".into(),
+            recorder: Recorder::Logs,
             pod_selector: serde_json::from_value(json!({"matchLabels": {"app": "web"}})).unwrap(),
         };
         let p = pod(
