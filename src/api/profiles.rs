@@ -153,7 +153,7 @@ impl AppArmorProfileSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ProfileStatus {
-    /// `Pending`, `Installed` (on every node running an agent), `Partial`, `Error`, `Disabled` or
+    /// `Pending`, `Installed` (on every Node), `Partial`, `Error`, `Disabled` or
     /// `Terminating`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,

@@ -80,6 +80,38 @@ impl Shared {
         users
     }
 
+    /// Reports an object that does not match its kind's schema.
+    async fn report_invalid<K: Resource>(
+        &self,
+        kind: ProfileKind,
+        obj: &K,
+        error: &str,
+        users: Vec<String>,
+    ) -> Result<Action, Error> {
+        self.metrics.error(kind);
+        let why = format!("not a valid {}: {error}", kind.as_str());
+        self.report(kind, obj, NodeState::Error, Some(why), None, users)
+            .await?;
+        Ok(Action::await_change())
+    }
+
+    /// This node is done with a deleted profile: its report goes, then its finalizer.
+    async fn release<K>(
+        &self,
+        kind: ProfileKind,
+        api: &Api<K>,
+        obj: &K,
+        finalizer: &str,
+    ) -> Result<Action, Error>
+    where
+        K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let _slot = self.api_slots.acquire().await.ok();
+        self.reports.forget(kind, &obj.name_any()).await?;
+        finalizers::remove(api, obj, finalizer).await?;
+        Ok(Action::await_change())
+    }
+
     /// Writes this node's report on the profile (nothing when unchanged).
     async fn report<K: Resource>(
         &self,
@@ -241,21 +273,12 @@ async fn reconcile_seccomp(obj: Arc<GuardedSeccomp>, ctx: Arc<SeccompCtx>) -> Re
         if ctx.changed(&name, None) {
             ctx.trigger_children(&name);
         }
-        let _slot = s.api_slots.acquire().await.ok();
-        s.reports.forget(kind, &name).await?;
-        finalizers::remove(&api, obj.as_ref(), &finalizer).await?;
-        return Ok(Action::await_change());
+        return s.release(kind, &api, obj.as_ref(), &finalizer).await;
     }
 
     let profile = match &obj.0 {
         Ok(p) => p,
-        Err(invalid) => {
-            s.metrics.error(kind);
-            let why = format!("not a valid SeccompProfile: {}", invalid.error);
-            s.report(kind, obj.as_ref(), NodeState::Error, Some(why), None, users)
-                .await?;
-            return Ok(Action::await_change());
-        }
+        Err(invalid) => return s.report_invalid(kind, obj.as_ref(), &invalid.error, users).await,
     };
 
     if !profile.spec.enabled() {
@@ -443,19 +466,11 @@ async fn reconcile_apparmor(obj: Arc<GuardedAppArmor>, ctx: Arc<AppArmorCtx>) ->
             .map_err(Error::Io)?;
         s.metrics.removed(kind);
         set_installed(false);
-        s.reports.forget(kind, &name).await?;
-        finalizers::remove(&api, obj.as_ref(), &finalizer).await?;
-        return Ok(Action::await_change());
+        return s.release(kind, &api, obj.as_ref(), &finalizer).await;
     }
     let profile = match &obj.0 {
         Ok(p) => p,
-        Err(invalid) => {
-            s.metrics.error(kind);
-            let why = format!("not a valid AppArmorProfile: {}", invalid.error);
-            s.report(kind, obj.as_ref(), NodeState::Error, Some(why), None, users)
-                .await?;
-            return Ok(Action::await_change());
-        }
+        Err(invalid) => return s.report_invalid(kind, obj.as_ref(), &invalid.error, users).await,
     };
     if !profile.spec.enabled() {
         if users.is_empty() {

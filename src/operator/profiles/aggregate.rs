@@ -12,7 +12,7 @@ pub struct Input<'a> {
     pub deleting: bool,
     pub enabled: bool,
     pub localhost_profile: String,
-    /// Nodes running an agent (they reported on some profile and exist).
+    /// The nodes it must be installed on (every Node).
     pub agents: &'a BTreeSet<String>,
     /// This profile's reports: (node, report).
     pub reports: Vec<(&'a str, &'a NodeReport)>,
@@ -21,7 +21,7 @@ pub struct Input<'a> {
 /// The overall state:
 /// - `Terminating` while deleted, `Disabled` when disabled;
 /// - `Error` when a node refused the current generation;
-/// - `Installed` when every agent node that can apply it has the current generation;
+/// - `Installed` when every node that can apply it has the current generation;
 /// - `Partial` when some have, `Pending` when none has yet;
 /// - `Unsupported` when no node can apply it.
 pub fn status(input: Input<'_>) -> ProfileStatus {

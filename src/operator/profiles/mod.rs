@@ -49,16 +49,6 @@ impl Ctx {
     fn existing_nodes(&self) -> BTreeSet<String> {
         self.nodes.state().iter().map(|n| n.name_any()).collect()
     }
-
-    /// Nodes running an agent: they reported on some profile and still exist.
-    fn agents(&self, existing: &BTreeSet<String>) -> BTreeSet<String> {
-        self.reports
-            .state()
-            .iter()
-            .map(|r| r.spec.node_name.clone())
-            .filter(|n| existing.contains(n))
-            .collect()
-    }
 }
 
 pub async fn run(client: Client, term: CancellationToken) -> anyhow::Result<()> {
@@ -276,7 +266,6 @@ async fn reconcile<K: Profile>(obj: Arc<DeserializeGuard<K>>, ctx: Arc<Ctx>) -> 
         // The node agents report why it is invalid; there is nothing to aggregate.
         return Ok(Action::await_change());
     };
-    let agents = ctx.agents(&existing);
     let with_status: Vec<(&str, &crate::api::profiles::NodeReport)> = reports
         .iter()
         .filter_map(|r| r.status.as_ref().map(|s| (r.spec.node_name.as_str(), s)))
@@ -286,7 +275,9 @@ async fn reconcile<K: Profile>(obj: Arc<DeserializeGuard<K>>, ctx: Arc<Ctx>) -> 
         deleting: profile.meta().deletion_timestamp.is_some(),
         enabled: profile.enabled(),
         localhost_profile: K::localhost_profile(&name),
-        agents: &agents,
+        // Every Node: the agent's DaemonSet tolerates every taint. Waiting for reports instead
+        // would call a profile Installed before a slow agent had said anything.
+        agents: &existing,
         reports: with_status,
     });
     let previous = profile.status();
