@@ -230,21 +230,25 @@ pub async fn apply_profile(client: &Client, name: &str, spec: Value) {
     .unwrap_or_else(|e| panic!("apply SeccompProfile {name}: {e}"));
 }
 
-/// Waits for the profile's overall state; returns the profile.
+/// Waits for the profile's overall state; returns the profile. On timeout the message shows the
+/// profile's last status, so a failure says where it stood.
 pub async fn wait_state(client: &Client, name: &str, state: &str) -> SeccompProfile {
     let api = profiles(client);
-    wait_for(
-        &format!("SeccompProfile {name} to be {state}"),
-        TIMEOUT,
-        || async {
-            api.get_opt(name)
-                .await
-                .ok()
-                .flatten()
-                .filter(|p| p.status.as_ref().and_then(|s| s.state.as_deref()) == Some(state))
-        },
-    )
-    .await
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut last = None;
+    loop {
+        if let Ok(Some(p)) = api.get_opt(name).await {
+            if p.status.as_ref().and_then(|s| s.state.as_deref()) == Some(state) {
+                return p;
+            }
+            last = Some(serde_json::to_string(&p.status).unwrap_or_default());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {TIMEOUT:?} waiting for SeccompProfile {name} to be {state}; last status: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 pub async fn wait_gone(client: &Client, name: &str) {
