@@ -27,7 +27,7 @@ use crate::api::profiles::{
 };
 use crate::runtime::admin::ReadyFlag;
 use crate::runtime::finalizers;
-use crate::runtime::kube::wait_listed;
+use crate::runtime::kube::{log_controller_error, wait_listed};
 
 type GuardedSeccomp = DeserializeGuard<SeccompProfile>;
 type GuardedAppArmor = DeserializeGuard<AppArmorProfile>;
@@ -198,15 +198,7 @@ pub async fn run_seccomp(
         .reconcile_on(stream_of(triggers).map(|n| ObjectRef::new(&n)))
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile_seccomp, error_policy, ctx)
-        .for_each(|result| async move {
-            // Reconcile errors are logged by error_policy; here only the controller's own
-            // (the watch failing, a trigger for an object that is gone).
-            if let Err(e) = result
-                && !matches!(e, kube::runtime::controller::Error::ReconcilerFailed(..))
-            {
-                tracing::warn!(error = %e, "profile controller");
-            }
-        })
+        .for_each(log_controller_error)
         .await;
     Ok(())
 }
@@ -405,15 +397,7 @@ pub async fn run_apparmor(
         .reconcile_on(stream_of(triggers).map(|n| ObjectRef::new(&n)))
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile_apparmor, error_policy, ctx)
-        .for_each(|result| async move {
-            // Reconcile errors are logged by error_policy; here only the controller's own
-            // (the watch failing, a trigger for an object that is gone).
-            if let Err(e) = result
-                && !matches!(e, kube::runtime::controller::Error::ReconcilerFailed(..))
-            {
-                tracing::warn!(error = %e, "profile controller");
-            }
-        })
+        .for_each(log_controller_error)
         .await;
     Ok(())
 }

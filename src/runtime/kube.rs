@@ -113,6 +113,20 @@ where
     }
 }
 
+/// For a controller's result stream: reconcile errors are logged by its error policy, so only
+/// the controller's own are logged here (the watch failing, a trigger for an object that is gone).
+pub async fn log_controller_error<T, E, Q>(result: Result<T, kube::runtime::controller::Error<E, Q>>)
+where
+    E: std::error::Error + 'static,
+    Q: std::error::Error + 'static,
+{
+    if let Err(e) = result
+        && !matches!(e, kube::runtime::controller::Error::ReconcilerFailed(..))
+    {
+        tracing::warn!(error = %e, "profile controller");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

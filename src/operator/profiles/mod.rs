@@ -27,7 +27,7 @@ use crate::api::profiles::{
     node_finalizer, seccomp_localhost_profile,
 };
 use crate::runtime::finalizers;
-use crate::runtime::kube::wait_listed;
+use crate::runtime::kube::{log_controller_error, wait_listed};
 
 const FIELD_MANAGER: &str = "phylax-operator";
 
@@ -213,15 +213,7 @@ async fn controller<K: Profile>(
         .reconcile_on(triggers)
         .graceful_shutdown_on(term.cancelled_owned())
         .run(reconcile::<K>, error_policy, ctx)
-        .for_each(|result| async move {
-            // Reconcile errors are logged by error_policy; here only the controller's own
-            // (the watch failing, a trigger for an object that is gone).
-            if let Err(e) = result
-                && !matches!(e, kube::runtime::controller::Error::ReconcilerFailed(..))
-            {
-                tracing::warn!(error = %e, "profile controller");
-            }
-        })
+        .for_each(log_controller_error)
         .await;
 }
 
