@@ -11,6 +11,7 @@ pub mod node_agent;
 pub mod operator;
 #[cfg(feature = "operator")]
 pub mod providers;
+pub mod role;
 pub mod runtime;
 #[cfg(feature = "tokenizer")]
 pub mod tokenizer;

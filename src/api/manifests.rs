@@ -20,7 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
-use crate::cli::Role;
+use crate::role::Role;
 
 #[derive(Debug, Args)]
 pub struct ManifestArgs {

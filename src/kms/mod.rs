@@ -18,7 +18,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tonic::transport::Server;
 use tonic::transport::server::Connected;
 
-use crate::cli::Role;
+use crate::role::Role;
 use crate::runtime::backoff::Backoff;
 use crate::runtime::{Runtime, RuntimeArgs, duration};
 use audit::Audit;

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::api::profiles::profiles_used;
-use crate::cli::Role;
+use crate::role::Role;
 use crate::runtime::kube::KubeArgs;
 use crate::runtime::{Runtime, RuntimeArgs, names};
 

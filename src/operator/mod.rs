@@ -9,7 +9,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::Role;
+use crate::role::Role;
 use crate::runtime::kube::KubeArgs;
 use crate::runtime::leader::{LeaderArgs, LeaderElector, Leadership};
 use crate::runtime::supervise::spawn_supervised;

@@ -24,7 +24,7 @@ use clap::Args;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::Role;
+use crate::role::Role;
 use admin::Readiness;
 use metrics::Metrics;
 use telemetry::LogFormat;

@@ -1,7 +1,7 @@
 //! The `tokenizer` role. Only the shared runtime exists so far; the role's function is built by
 //! its own issue, and until then the role says so when it starts.
 
-use crate::cli::Role;
+use crate::role::Role;
 use crate::runtime::RuntimeArgs;
 
 #[derive(Debug, clap::Args)]

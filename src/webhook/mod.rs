@@ -18,7 +18,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio_rustls::TlsAcceptor;
 
-use crate::cli::Role;
+use crate::role::Role;
 use crate::runtime::{Runtime, RuntimeArgs, duration};
 use review::{FailurePolicy, Handler};
 
