@@ -3,16 +3,20 @@
 
 pub mod api;
 pub mod cli;
+#[cfg(feature = "keys")]
+pub mod keys;
 #[cfg(feature = "kms-plugin")]
 pub mod kms;
 #[cfg(feature = "node-agent")]
 pub mod node_agent;
 #[cfg(feature = "operator")]
 pub mod operator;
-#[cfg(feature = "operator")]
-pub mod providers;
+#[cfg(feature = "outbound")]
+pub mod outbound;
 pub mod role;
 pub mod runtime;
+#[cfg(feature = "operator")]
+pub mod secret_stores;
 #[cfg(feature = "tokenizer")]
 pub mod tokenizer;
 pub mod version;

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use phylax::kms::audit::Audit;
-use phylax::kms::envelope::Kek;
+use phylax::keys::envelope::Kek;
 use phylax::kms::proto::v2;
 use phylax::kms::proto::v2::key_management_service_server::KeyManagementService;
-use phylax::kms::providers::KeyProvider;
-use phylax::kms::providers::local::LocalKeys;
+use phylax::keys::KeyProvider;
+use phylax::keys::local::LocalKeys;
 use phylax::kms::service::{Core, V2};
 use phylax::runtime::admin::Readiness;
 use phylax::runtime::metrics::Metrics;

@@ -2,28 +2,24 @@
 //! every Secret before it reaches etcd, on one unix socket, backed by a key provider.
 
 pub mod audit;
-pub mod envelope;
 pub mod h2_authority;
 pub mod proto;
-pub mod providers;
 pub mod service;
 pub mod socket;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use clap::ValueEnum;
 use tokio::net::{UnixListener, UnixStream};
 use tonic::transport::Server;
 use tonic::transport::server::Connected;
 
+use crate::keys::{self, KeyArgs};
 use crate::role::Role;
 use crate::runtime::backoff::Backoff;
 use crate::runtime::{Runtime, RuntimeArgs, duration};
 use audit::Audit;
 use proto::{v1beta1, v2};
-use providers::KeyProvider;
 use service::{Core, V1, V2};
 use socket::Socket;
 
@@ -44,24 +40,8 @@ pub struct Args {
     #[arg(long, value_name = "GROUP", value_parser = socket::parse_group)]
     pub socket_group: Option<u32>,
 
-    /// Where the key-encryption key lives
-    #[arg(long, value_enum, default_value_t = ProviderKind::Software)]
-    pub provider: ProviderKind,
-
     #[command(flatten)]
-    pub software: SoftwareArgs,
-
-    #[cfg(feature = "tpm")]
-    #[command(flatten)]
-    pub tpm: providers::tpm::TpmArgs,
-
-    #[cfg(feature = "vault")]
-    #[command(flatten)]
-    pub vault: providers::vault::VaultArgs,
-
-    #[cfg(feature = "aws")]
-    #[command(flatten)]
-    pub aws: providers::aws::AwsArgs,
+    pub keys: KeyArgs,
 
     /// Deadline for one provider call; past it the request fails with UNAVAILABLE (the API
     /// server itself gives up after 3 s)
@@ -77,34 +57,6 @@ pub struct Args {
     pub audit_log: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum ProviderKind {
-    /// AES-256-GCM with key-encryption keys in local files
-    Software,
-    /// AES-256-GCM with key-encryption keys sealed to a TPM 2.0
-    #[cfg(feature = "tpm")]
-    Tpm,
-    /// HashiCorp Vault's Transit engine holds the key
-    #[cfg(feature = "vault")]
-    Vault,
-    /// AWS KMS holds the key
-    #[cfg(feature = "aws")]
-    Aws,
-}
-
-#[derive(Debug, clap::Args)]
-#[command(next_help_heading = "Software provider")]
-pub struct SoftwareArgs {
-    /// Key file (32 random bytes, raw or base64; mode 0600). Repeat for rotation: the first
-    /// encrypts, all decrypt
-    #[arg(long = "key-file", value_name = "PATH")]
-    pub key_files: Vec<PathBuf>,
-
-    /// Create the first --key-file with a new random key if it does not exist
-    #[arg(long)]
-    pub create_key_file: bool,
-}
-
 fn parse_mode(s: &str) -> Result<u32, String> {
     match u32::from_str_radix(s.trim_start_matches("0o"), 8) {
         Ok(m) if m <= 0o777 => Ok(m),
@@ -112,24 +64,9 @@ fn parse_mode(s: &str) -> Result<u32, String> {
     }
 }
 
-pub async fn build_provider(args: &Args) -> anyhow::Result<Arc<dyn KeyProvider>> {
-    match args.provider {
-        ProviderKind::Software => Ok(Arc::new(providers::software::SoftwareProvider::load(
-            &args.software.key_files,
-            args.software.create_key_file,
-        )?)),
-        #[cfg(feature = "tpm")]
-        ProviderKind::Tpm => Ok(Arc::new(providers::tpm::load(&args.tpm)?)),
-        #[cfg(feature = "vault")]
-        ProviderKind::Vault => Ok(Arc::new(providers::vault::VaultProvider::new(&args.vault)?)),
-        #[cfg(feature = "aws")]
-        ProviderKind::Aws => Ok(Arc::new(providers::aws::AwsProvider::new(&args.aws).await?)),
-    }
-}
-
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let rt = Runtime::start(Role::KmsPlugin, &args.runtime).await?;
-    let provider = build_provider(&args).await?;
+    let provider = keys::build(&args.keys).await?;
     let audit = Audit::open(args.audit_log.as_deref())?;
     let healthy = rt.readiness.register("provider-healthy");
     let listening = rt.readiness.register("socket-listening");

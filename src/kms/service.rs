@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 
 use super::audit::{Audit, Record};
 use super::proto::{v1beta1, v2};
-use super::providers::{KeyProvider, ProviderError};
+use crate::keys::{KeyProvider, ProviderError};
 use crate::runtime::admin::ReadyFlag;
 use crate::runtime::metrics::Metrics;
 

@@ -36,9 +36,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::sync_annotation::{self, SyncRequest};
-use crate::providers::{self, SecretBytes, StoreError};
 use crate::runtime::backoff::Backoff;
 use crate::runtime::duration;
+use crate::secret_stores::{self, SecretBytes, StoreError};
 pub use metrics::SyncMetrics;
 use outcome::SyncError;
 use stores::{Guarded, Stores};
@@ -139,7 +139,7 @@ pub async fn run(
         client: client.clone(),
         stores: Stores::new(
             providers_reader.clone(),
-            providers::Context {
+            secret_stores::Context {
                 client: client.clone(),
                 namespace,
                 timeout: args.sync_store_timeout,

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::providers::StoreError;
+use crate::secret_stores::StoreError;
 
 use super::render::RenderError;
 

@@ -16,7 +16,7 @@ use kube::{Api, Client, Resource};
 use super::outcome::SyncError;
 use super::target::MANAGER;
 use crate::api::secret_provider::SecretProvider;
-use crate::providers::{self, Store, StoreError};
+use crate::secret_stores::{self, Store, StoreError};
 
 pub type Guarded = DeserializeGuard<SecretProvider>;
 
@@ -25,7 +25,7 @@ type Built = HashMap<String, (String, Arc<dyn Store>)>;
 
 pub struct Stores {
     reflection: Reflection<Guarded>,
-    ctx: providers::Context,
+    ctx: secret_stores::Context,
     built: tokio::sync::Mutex<Built>,
     /// Last `Reachable` written per provider (status, message), to write only on change.
     reported: Mutex<HashMap<String, (bool, String)>>,
@@ -45,7 +45,7 @@ fn version_of(sp: &SecretProvider) -> String {
 }
 
 impl Stores {
-    pub fn new(reflection: Reflection<Guarded>, ctx: providers::Context) -> Self {
+    pub fn new(reflection: Reflection<Guarded>, ctx: secret_stores::Context) -> Self {
         Stores {
             client: ctx.client.clone(),
             reflection,
@@ -73,7 +73,7 @@ impl Stores {
         {
             return Ok(store.clone());
         }
-        let store = providers::build(&sp.spec, &self.ctx).await?;
+        let store = secret_stores::build(&sp.spec, &self.ctx).await?;
         built.insert(name, (version, store.clone()));
         Ok(store)
     }
@@ -247,7 +247,7 @@ fn condition(
         type_: type_.into(),
         status: status.into(),
         reason: reason.into(),
-        message: crate::providers::brief(message),
+        message: crate::secret_stores::brief(message),
         observed_generation: generation,
         last_transition_time: since,
     }

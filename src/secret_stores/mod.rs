@@ -143,20 +143,7 @@ pub async fn build(spec: &SecretProviderSpec, ctx: &Context) -> Result<Arc<dyn S
 
 /// A store's URL: `https://`, or plain `http://` on loopback only (emulators and test doubles).
 pub fn https_url(field: &str, value: &str) -> Result<url::Url, StoreError> {
-    let url = url::Url::parse(value)
-        .map_err(|e| StoreError::Config(format!("{field} {value:?} is not a URL ({e})")))?;
-    let loopback = match url.host() {
-        Some(url::Host::Domain(d)) => d == "localhost",
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    };
-    if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
-        return Err(StoreError::Config(format!(
-            "{field} {value:?} must be https:// (plain http only on loopback, for emulators)"
-        )));
-    }
-    Ok(url)
+    crate::outbound::secure_url(field, value).map_err(StoreError::Config)
 }
 
 /// Seconds from a `Retry-After` header (delta-seconds form), capped at five minutes.
@@ -176,24 +163,7 @@ pub fn brief(s: &str) -> String {
 
 /// A reqwest client that trusts the system roots and `ca_pem`, with a per-call deadline.
 pub fn http_client(ca_pem: Option<&str>, timeout: Duration) -> Result<reqwest::Client, StoreError> {
-    let mut builder = reqwest::Client::builder()
-        .use_rustls_tls()
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(5)))
-        .redirect(reqwest::redirect::Policy::none());
-    if let Some(pem) = ca_pem {
-        let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
-            .map_err(|e| StoreError::Config(format!("caBundle is not PEM certificates: {e}")))?;
-        if certs.is_empty() {
-            return Err(StoreError::Config("caBundle holds no certificate".into()));
-        }
-        for c in certs {
-            builder = builder.add_root_certificate(c);
-        }
-    }
-    builder
-        .build()
-        .map_err(|e| StoreError::Config(format!("cannot build an HTTPS client: {e}")))
+    crate::outbound::https_client(ca_pem, timeout).map_err(StoreError::Config)
 }
 
 /// Maps a transport failure of reqwest.
@@ -225,20 +195,6 @@ mod tests {
         assert_eq!(retry_after(Some("100000")), Some(Duration::from_secs(300)));
         assert_eq!(retry_after(Some("Wed, 21 Oct 2015 07:28:00 GMT")), None);
         assert_eq!(retry_after(None), None);
-    }
-
-    #[test]
-    fn store_urls_are_https_except_on_loopback() {
-        assert!(https_url("f", "https://vault.example").is_ok());
-        assert!(https_url("f", "http://127.0.0.1:8200").is_ok());
-        assert!(https_url("f", "http://[::1]:8200").is_ok());
-        assert!(https_url("f", "http://localhost:1").is_ok());
-        let e = https_url("aws.endpoint", "http://kms.example")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("aws.endpoint") && e.contains("https://"), "{e}");
-        assert!(https_url("f", "ftp://127.0.0.1").is_err());
-        assert!(https_url("f", "not a url").is_err());
     }
 
     #[test]

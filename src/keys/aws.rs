@@ -17,7 +17,6 @@ use async_trait::async_trait;
 use aws_config::BehaviorVersion;
 use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
-use aws_smithy_http_client::tls;
 use zeroize::Zeroizing;
 
 use super::{KeyProvider, ProviderError, Sealed};
@@ -75,22 +74,13 @@ impl AwsProvider {
             .ok_or_else(|| {
                 anyhow::anyhow!("the aws provider needs --aws-kms-key (a key id, ARN or alias/NAME)")
             })?;
-        // Ring, like the rest of the binary, instead of the SDK's default aws-lc.
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
-            .build_https();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
+        let mut loader =
+            aws_config::defaults(BehaviorVersion::latest()).http_client(crate::outbound::aws_http_client());
         if let Some(region) = &args.aws_region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }
         if let Some(endpoint) = &args.aws_endpoint {
-            let url = url::Url::parse(endpoint)
-                .map_err(|e| anyhow::anyhow!("--aws-endpoint {endpoint:?} is not a URL ({e})"))?;
-            if url.scheme() != "https" && !url.host_str().is_some_and(super::is_loopback) {
-                anyhow::bail!(
-                    "--aws-endpoint {endpoint:?} must be https:// (plain http only on loopback, for emulators)"
-                );
-            }
+            crate::outbound::secure_url("--aws-endpoint", endpoint).map_err(anyhow::Error::msg)?;
             loader = loader.endpoint_url(endpoint.clone());
         }
         let config = loader.load().await;

@@ -87,18 +87,8 @@ impl VaultProvider {
             .vault_addr
             .clone()
             .ok_or_else(|| anyhow::anyhow!("the vault provider needs --vault-addr (or VAULT_ADDR)"))?;
-        let url = url::Url::parse(&addr).map_err(|e| {
-            anyhow::anyhow!("--vault-addr {addr:?} is not a URL ({e}); e.g. https://vault:8200")
-        })?;
-        if !matches!(url.scheme(), "https" | "http") {
-            anyhow::bail!("--vault-addr {addr:?} must be an https:// (or, for tests, http://) URL");
-        }
-        if url.scheme() == "http" && !url.host_str().is_some_and(super::is_loopback) {
-            anyhow::bail!(
-                "--vault-addr {addr:?} is plain HTTP to another host: the API server's keys would \
-                 cross the network unencrypted; use https://"
-            );
-        }
+        // The API server's keys travel to Vault: plain HTTP only to this machine.
+        crate::outbound::secure_url("--vault-addr", &addr).map_err(anyhow::Error::msg)?;
         let key = args.vault_key.clone().ok_or_else(|| {
             anyhow::anyhow!("the vault provider needs --vault-key (the Transit key's name)")
         })?;

@@ -10,7 +10,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
-use aws_smithy_http_client::tls;
 
 use super::{Context, SecretBytes, Store, StoreError};
 use crate::api::secret_provider;
@@ -25,12 +24,8 @@ impl AwsStore {
         if spec.region.trim().is_empty() {
             return Err(StoreError::Config("aws.region is empty; e.g. eu-west-1".into()));
         }
-        // Ring, like the rest of the binary, instead of the SDK's default aws-lc.
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
-            .build_https();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http)
+            .http_client(crate::outbound::aws_http_client())
             .region(aws_config::Region::new(spec.region.clone()));
         if let Some(endpoint) = &spec.endpoint {
             super::https_url("aws.endpoint", endpoint)?;

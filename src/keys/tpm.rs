@@ -31,8 +31,8 @@ use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::{Context, TctiNameConf};
 use zeroize::Zeroizing;
 
+use super::envelope::Kek;
 use super::local::LocalKeys;
-use crate::kms::envelope::Kek;
 
 const FILE_KIND: &str = "phylax-tpm-sealed-key";
 /// Sealed key files are a few hundred bytes; refuse to read anything much larger.

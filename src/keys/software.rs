@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use zeroize::Zeroizing;
 
+use super::envelope::Kek;
 use super::local::LocalKeys;
-use crate::kms::envelope::Kek;
 
 /// The key-file provider: `LocalKeys` named `software`.
 pub struct SoftwareProvider;
@@ -102,7 +102,7 @@ pub fn parse_key(raw: &[u8]) -> Result<Zeroizing<[u8; 32]>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kms::providers::KeyProvider;
+    use crate::keys::KeyProvider;
 
     #[test]
     fn key_file_formats() {

@@ -5,8 +5,8 @@
 use async_trait::async_trait;
 use zeroize::Zeroizing;
 
+use super::envelope::{self, EnvelopeError, Kek};
 use super::{KeyProvider, ProviderError, Sealed};
-use crate::kms::envelope::{self, EnvelopeError, Kek};
 
 #[derive(Debug)]
 pub struct LocalKeys {
