@@ -16,14 +16,15 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::runtime::reflector;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::api::profiles::profiles_used;
 use crate::role::Role;
+use crate::runtime::controller::ErrorPolicy;
 use crate::runtime::kube::KubeArgs;
+use crate::runtime::reflect;
 use crate::runtime::{Runtime, RuntimeArgs, names};
 
 #[derive(Debug, clap::Args)]
@@ -93,6 +94,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!(reason = %why, "AppArmor profiles will be reported unsupported on this node");
     }
     let synced = rt.readiness.register("profiles-synced");
+    let policy = ErrorPolicy::standard("node-profiles", &rt.metrics);
     let node = args.node.clone();
 
     rt.run(|shutdown| async move {
@@ -100,27 +102,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
         // This node's pods: which profiles are in use (deletion waits for them), who uses what,
         // and which containers are being recorded.
-        let (pods, pods_writer) = reflector::store::<Pod>();
         let (seccomp_tx, seccomp_rx) = mpsc::unbounded_channel::<String>();
         let (apparmor_tx, apparmor_rx) = mpsc::unbounded_channel::<String>();
         let (pod_events_tx, pod_events_rx) = mpsc::unbounded_channel::<Arc<Pod>>();
         let pod_watch = watcher::Config::default().fields(&format!("spec.nodeName={}", node.node_name));
-        let pod_stream =
-            reflector::reflector(pods_writer, watcher(Api::<Pod>::all(client.clone()), pod_watch))
-                .default_backoff()
-                .touched_objects();
+        let (pods, pod_changes) =
+            reflect::store_and_changes("this node's pods", Api::<Pod>::all(client.clone()), pod_watch);
         {
             let (seccomp_tx, apparmor_tx) = (seccomp_tx.clone(), apparmor_tx.clone());
             tasks.spawn(async move {
-                let mut stream = std::pin::pin!(pod_stream);
-                while let Some(item) = stream.next().await {
-                    let pod = match item {
-                        Ok(pod) => pod,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "watching this node's pods failed; retrying");
-                            continue;
-                        }
-                    };
+                let mut stream = std::pin::pin!(pod_changes);
+                while let Some(pod) = stream.next().await {
                     let (seccomp, apparmor) =
                         profiles_used(pod.spec.as_ref(), pod.metadata.annotations.as_ref());
                     for name in seccomp {
@@ -144,6 +136,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             metrics: metrics.clone(),
             reports: report::Reports::new(client.clone(), node.node_name.clone()),
             api_slots: tokio::sync::Semaphore::new(node.profile_concurrency.max(1).into()),
+            policy,
         });
         tasks.spawn(profiles::run_seccomp(
             shared.clone(),

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -26,8 +26,9 @@ use crate::api::profiles::{
     AppArmorProfile, NodeReport, NodeState, ProfileKind, SeccompProfile, node_finalizer, profiles_used,
 };
 use crate::runtime::admin::ReadyFlag;
+use crate::runtime::controller::{ErrorPolicy, ReconcileError, log_controller_error};
 use crate::runtime::finalizers;
-use crate::runtime::kube::{log_controller_error, wait_listed};
+use crate::runtime::reflect::wait_listed;
 
 type GuardedSeccomp = DeserializeGuard<SeccompProfile>;
 type GuardedAppArmor = DeserializeGuard<AppArmorProfile>;
@@ -44,6 +45,8 @@ pub struct Shared {
     /// API calls in flight (`--profile-concurrency`). Files are written without waiting for one:
     /// a burst of profiles is installed at disk speed while the reports follow at API speed.
     pub api_slots: tokio::sync::Semaphore,
+    /// Both controllers' retries (keyed by each profile's uid).
+    pub policy: ErrorPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +55,15 @@ enum Error {
     Kube(#[from] kube::Error),
     #[error("{0}")]
     Io(String),
+}
+
+impl ReconcileError for Error {
+    fn label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Io(_) => "io",
+        }
+    }
 }
 
 impl Shared {
@@ -197,8 +209,12 @@ pub async fn run_seccomp(
     controller
         .reconcile_on(stream_of(triggers).map(|n| ObjectRef::new(&n)))
         .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(reconcile_seccomp, error_policy, ctx)
-        .for_each(log_controller_error)
+        .run(
+            reconcile_seccomp,
+            |obj, e, ctx| error_policy(obj, e, &ctx.shared),
+            ctx,
+        )
+        .for_each(log_controller_error("node-seccomp"))
         .await;
     Ok(())
 }
@@ -239,6 +255,15 @@ async fn converge(shared: Arc<Shared>, profiles: Store<GuardedSeccomp>, synced: 
 }
 
 async fn reconcile_seccomp(obj: Arc<GuardedSeccomp>, ctx: Arc<SeccompCtx>) -> Result<Action, Error> {
+    let result = install_seccomp(&obj, &ctx).await;
+    if result.is_ok() {
+        ctx.shared.policy.succeeded(obj.as_ref());
+    }
+    result
+}
+
+/// Installs, keeps or removes one seccomp profile's file on this node and reports it.
+async fn install_seccomp(obj: &Arc<GuardedSeccomp>, ctx: &SeccompCtx) -> Result<Action, Error> {
     let s = &ctx.shared;
     let kind = ProfileKind::SeccompProfile;
     let name = obj.name_any();
@@ -368,12 +393,8 @@ fn io(e: std::io::Error) -> Error {
     Error::Io(e.to_string())
 }
 
-fn error_policy<K, C>(obj: Arc<K>, error: &Error, _ctx: Arc<C>) -> Action
-where
-    K: Resource,
-{
-    tracing::warn!(profile = %obj.meta().name.as_deref().unwrap_or_default(), error = %error, "handling a profile failed; retrying");
-    Action::requeue(Duration::from_secs(2))
+fn error_policy<K: Resource>(obj: Arc<K>, error: &Error, shared: &Shared) -> Action {
+    shared.policy.failed(obj.as_ref(), error)
 }
 
 struct AppArmorCtx {
@@ -396,13 +417,26 @@ pub async fn run_apparmor(
         .with_config(controller::Config::default().concurrency(concurrency))
         .reconcile_on(stream_of(triggers).map(|n| ObjectRef::new(&n)))
         .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(reconcile_apparmor, error_policy, ctx)
-        .for_each(log_controller_error)
+        .run(
+            reconcile_apparmor,
+            |obj, e, ctx| error_policy(obj, e, &ctx.shared),
+            ctx,
+        )
+        .for_each(log_controller_error("node-apparmor"))
         .await;
     Ok(())
 }
 
 async fn reconcile_apparmor(obj: Arc<GuardedAppArmor>, ctx: Arc<AppArmorCtx>) -> Result<Action, Error> {
+    let result = load_apparmor(&obj, &ctx).await;
+    if result.is_ok() {
+        ctx.shared.policy.succeeded(obj.as_ref());
+    }
+    result
+}
+
+/// Loads, keeps or unloads one AppArmor profile on this node and reports it.
+async fn load_apparmor(obj: &Arc<GuardedAppArmor>, ctx: &AppArmorCtx) -> Result<Action, Error> {
     let s = &ctx.shared;
     let kind = ProfileKind::AppArmorProfile;
     let name = obj.name_any();

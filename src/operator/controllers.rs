@@ -9,13 +9,16 @@ use crate::runtime::metrics::Metrics;
 
 pub fn start(
     client: Client,
-    _metrics: Metrics,
+    metrics: Metrics,
     term: CancellationToken,
     settings: &super::Settings,
 ) -> JoinSet<anyhow::Result<()>> {
     let mut controllers = JoinSet::new();
-    // Ephemeral data and tokenization arrive with their own issues.
-    controllers.spawn(super::profiles::run(client.clone(), term.clone()));
+    controllers.spawn(super::profiles::run(
+        client.clone(),
+        metrics.clone(),
+        term.clone(),
+    ));
     controllers.spawn(super::secret_sync::run(
         client.clone(),
         settings.namespace.clone(),

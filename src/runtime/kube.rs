@@ -96,37 +96,6 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
-/// Waits until a reflector store has listed once; `false` if its writer is gone. kube's readiness
-/// signal wakes a single waiter per store (a oneshot channel underneath), and a controller's own
-/// store already has one, the controller itself: so the wait is renewed every 100 ms.
-pub async fn wait_listed<K>(store: &kube::runtime::reflector::Store<K>) -> bool
-where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: std::hash::Hash + Eq + Clone,
-{
-    loop {
-        match tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await {
-            Ok(Ok(())) => return true,
-            Ok(Err(_)) => return false,
-            Err(_) => continue,
-        }
-    }
-}
-
-/// For a controller's result stream: reconcile errors are logged by its error policy, so only
-/// the controller's own are logged here (the watch failing, a trigger for an object that is gone).
-pub async fn log_controller_error<T, E, Q>(result: Result<T, kube::runtime::controller::Error<E, Q>>)
-where
-    E: std::error::Error + 'static,
-    Q: std::error::Error + 'static,
-{
-    if let Err(e) = result
-        && !matches!(e, kube::runtime::controller::Error::ReconcilerFailed(..))
-    {
-        tracing::warn!(error = %e, "profile controller");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,12 +17,25 @@ use prometheus_client::registry::Registry;
 pub struct Metrics {
     registry: Arc<RwLock<Registry>>,
     pub task_panics: Family<TaskLabels, Counter>,
+    /// Every controller's failed reconciles, counted by its error policy.
+    pub reconcile_errors: Family<ReconcileLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TaskLabels {
     pub task: String,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    pub controller: String,
+    /// A bounded word from the error type (`ReconcileError::label`), never error text.
+    pub error: String,
+}
+
+/// Phylax's own metrics are named `phylax_*`; the process metrics keep the standard `process_*`
+/// names that stock dashboards and alerts query.
+const PREFIX: &str = "phylax_";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
@@ -33,7 +46,7 @@ struct BuildLabels {
 
 impl Metrics {
     pub fn new(role: &str) -> Self {
-        let mut registry = Registry::with_prefix("phylax");
+        let mut registry = Registry::default();
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -43,20 +56,27 @@ impl Metrics {
             })
             .set(1);
         registry.register(
-            "build_info",
+            format!("{PREFIX}build_info"),
             "Version and role of this process (always 1)",
             build_info,
         );
         let task_panics = Family::<TaskLabels, Counter>::default();
         registry.register(
-            "task_panics",
+            format!("{PREFIX}task_panics"),
             "Panics caught in supervised tasks; the task was restarted",
             task_panics.clone(),
+        );
+        let reconcile_errors = Family::<ReconcileLabels, Counter>::default();
+        registry.register(
+            format!("{PREFIX}reconcile_errors"),
+            "Failed reconciles by controller and kind of error; the object is retried with backoff",
+            reconcile_errors.clone(),
         );
         registry.register_collector(Box::new(ProcessCollector));
         Metrics {
             registry: Arc::new(RwLock::new(registry)),
             task_panics,
+            reconcile_errors,
         }
     }
 
@@ -64,7 +84,7 @@ impl Metrics {
     pub fn register(&self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
         // A poisoned lock only means a panic elsewhere while registering; the registry itself is intact.
         let mut registry = self.registry.write().unwrap_or_else(|p| p.into_inner());
-        registry.register(name, help, metric);
+        registry.register(format!("{PREFIX}{name}"), help, metric);
     }
 
     /// OpenMetrics text exposition.
@@ -141,9 +161,10 @@ impl ProcStat {
                     .and_then(|v| v.trim().parse::<u64>().ok())
             })
         });
-        // USER_HZ is 100 on every Linux architecture Phylax targets; pages are 4 KiB on x86_64 and
-        // on the arm64 kernels distributions ship.
-        ProcStat::parse(&stat, 100.0, 4096, boot_time)
+        // The kernel tells each process its clock tick and page size in the auxiliary vector
+        // (arm64 kernels may use 16 or 64 KiB pages): no assumption, no libc call.
+        let aux = Auxv::read_self()?;
+        ProcStat::parse(&stat, aux.clock_ticks as f64, aux.page_size, boot_time)
     }
 
     /// Parses `/proc/<pid>/stat`. The command name (field 2) may contain spaces and parentheses,
@@ -166,6 +187,42 @@ impl ProcStat {
     }
 }
 
+/// The values of the auxiliary vector the process metrics need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Auxv {
+    pub page_size: u64,
+    pub clock_ticks: u64,
+}
+
+impl Auxv {
+    const AT_PAGESZ: u64 = 6;
+    const AT_CLKTCK: u64 = 17;
+
+    fn read_self() -> Option<Auxv> {
+        static AUXV: std::sync::OnceLock<Option<Auxv>> = std::sync::OnceLock::new();
+        *AUXV.get_or_init(|| Auxv::parse(&std::fs::read("/proc/self/auxv").ok()?))
+    }
+
+    /// Parses `/proc/<pid>/auxv`: native-endian (key, value) pairs of machine words.
+    pub fn parse(bytes: &[u8]) -> Option<Auxv> {
+        const WORD: usize = std::mem::size_of::<usize>();
+        let (mut page_size, mut clock_ticks) = (None, None);
+        for pair in bytes.chunks_exact(2 * WORD) {
+            let word = |b: &[u8]| -> Option<u64> { Some(usize::from_ne_bytes(b.try_into().ok()?) as u64) };
+            match word(&pair[..WORD])? {
+                0 => break,
+                Self::AT_PAGESZ => page_size = word(&pair[WORD..]),
+                Self::AT_CLKTCK => clock_ticks = word(&pair[WORD..]),
+                _ => {}
+            }
+        }
+        Some(Auxv {
+            page_size: page_size.filter(|v| *v > 0)?,
+            clock_ticks: clock_ticks.filter(|v| *v > 0)?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +235,31 @@ mod tests {
         assert_eq!(s.cpu_seconds, 2.0);
         assert_eq!(s.rss_bytes, 2560 * 4096);
         assert_eq!(s.start_time_seconds, Some(1_700_000_010.0));
+    }
+
+    #[test]
+    fn auxv_of_this_process_and_of_bytes() {
+        let this = Auxv::read_self().expect("/proc/self/auxv names the page size and clock tick");
+        assert!(
+            this.page_size.is_power_of_two() && this.page_size >= 4096,
+            "{this:?}"
+        );
+        assert!(this.clock_ticks > 0, "{this:?}");
+        let words = |pairs: &[(usize, usize)]| -> Vec<u8> {
+            pairs
+                .iter()
+                .flat_map(|(k, v)| [k.to_ne_bytes(), v.to_ne_bytes()].concat())
+                .collect()
+        };
+        assert_eq!(
+            Auxv::parse(&words(&[(3, 99), (6, 16384), (17, 250), (0, 0), (6, 1)])),
+            Some(Auxv {
+                page_size: 16384,
+                clock_ticks: 250
+            })
+        );
+        assert_eq!(Auxv::parse(&words(&[(6, 4096)])), None, "no clock tick");
+        assert_eq!(Auxv::parse(b"short"), None);
     }
 
     #[test]
@@ -201,7 +283,9 @@ mod tests {
             text.contains("phylax_task_panics_total{task=\"leader-election\"} 1"),
             "{text}"
         );
-        assert!(text.contains("phylax_process_resident_memory_bytes "), "{text}");
+        assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
+        assert!(text.contains("\nprocess_cpu_seconds_total "), "{text}");
+        assert!(!text.contains("phylax_process_"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
     }
 }

@@ -1,8 +1,14 @@
 //! What every role shares: logging, metrics, the admin server, graceful shutdown, panic
-//! supervision, the Kubernetes client and leader election.
+//! supervision, the Kubernetes client, leader election, and the pieces every controller uses
+//! (reflectors, error policy, conditions, finalizers, the names Phylax owns objects by).
+//!
+//! The ground floor: it imports nothing of Phylax but `role` and `version`.
 
 pub mod admin;
 pub mod backoff;
+pub mod conditions;
+#[cfg(feature = "k8s-client")]
+pub mod controller;
 pub mod duration;
 #[cfg(any(feature = "operator", feature = "node-agent"))]
 pub mod finalizers;
@@ -12,6 +18,9 @@ pub mod kube;
 pub mod leader;
 pub mod metrics;
 pub mod names;
+pub mod ownership;
+#[cfg(feature = "k8s-client")]
+pub mod reflect;
 pub mod shutdown;
 pub mod supervise;
 pub mod telemetry;

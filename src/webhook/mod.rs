@@ -74,10 +74,13 @@ fn watch_profiles(
     client: kube::Client,
     synced: crate::runtime::admin::ReadyFlag,
 ) -> (mutate::profiles::ProfileIndex, tokio::task::JoinSet<()>) {
-    use futures::StreamExt;
-    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    use kube::runtime::{reflector, watcher};
 
-    fn watch<K>(client: &kube::Client, tasks: &mut tokio::task::JoinSet<()>) -> reflector::Store<K>
+    fn watch<K>(
+        what: &'static str,
+        client: &kube::Client,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) -> reflector::Store<K>
     where
         K: kube::Resource<DynamicType = ()>
             + Clone
@@ -87,34 +90,26 @@ fn watch_profiles(
             + Sync
             + 'static,
     {
-        let (reader, writer) = reflector::store();
-        let stream = reflector::reflector(
-            writer,
-            watcher(kube::Api::<K>::all(client.clone()), watcher::Config::default()),
-        )
-        .default_backoff();
-        tasks.spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(item) = stream.next().await {
-                if let Err(e) = item {
-                    tracing::warn!(error = %e, kind = %K::kind(&()), "watch failed; retrying");
-                }
-            }
-        });
+        let (reader, keep_current) = crate::runtime::reflect::store(
+            what,
+            kube::Api::<K>::all(client.clone()),
+            watcher::Config::default(),
+        );
+        tasks.spawn(keep_current);
         reader
     }
 
     let mut tasks = tokio::task::JoinSet::new();
     let index = mutate::profiles::ProfileIndex {
-        bindings: watch(&client, &mut tasks),
-        recordings: watch(&client, &mut tasks),
-        seccomp: watch(&client, &mut tasks),
-        apparmor: watch(&client, &mut tasks),
+        bindings: watch("ProfileBindings", &client, &mut tasks),
+        recordings: watch("ProfileRecordings", &client, &mut tasks),
+        seccomp: watch("SeccompProfiles", &client, &mut tasks),
+        apparmor: watch("AppArmorProfiles", &client, &mut tasks),
         synced: Default::default(),
     };
     let waiting = index.clone();
     tasks.spawn(async move {
-        use crate::runtime::kube::wait_listed;
+        use crate::runtime::reflect::wait_listed;
         let all = futures::future::join4(
             wait_listed(&waiting.bindings),
             wait_listed(&waiting.recordings),

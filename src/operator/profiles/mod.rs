@@ -15,8 +15,8 @@ use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -26,15 +26,35 @@ use crate::api::profiles::{
     AppArmorProfile, NODE_FINALIZER_PREFIX, ProfileKind, ProfileNodeStatus, ProfileStatus, SeccompProfile,
     node_finalizer, seccomp_localhost_profile,
 };
+use crate::runtime::conditions::carry_transition_times;
+use crate::runtime::controller::{ErrorPolicy, ReconcileError, log_controller_error};
 use crate::runtime::finalizers;
-use crate::runtime::kube::{log_controller_error, wait_listed};
-
-const FIELD_MANAGER: &str = "phylax-operator";
+use crate::runtime::metrics::Metrics;
+use crate::runtime::ownership::OPERATOR_MANAGER;
+use crate::runtime::reflect::{self, wait_listed};
 
 #[derive(Debug, thiserror::Error)]
 enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+}
+
+impl ReconcileError for Error {
+    fn label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+        }
+    }
+}
+
+/// Which profiles to look at again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Recheck {
+    /// The profile a node report is about.
+    Profile(String),
+    /// Every profile of the kind: a node went away (its finalizers and reports must go), or the
+    /// caches have just listed.
+    All,
 }
 
 struct Ctx {
@@ -43,6 +63,7 @@ struct Ctx {
     nodes: Store<PartialObjectMeta<Node>>,
     /// Both stores have listed once: before that, a missing node is not known to be gone.
     synced: AtomicBool,
+    policy: ErrorPolicy,
 }
 
 impl Ctx {
@@ -51,72 +72,50 @@ impl Ctx {
     }
 }
 
-pub async fn run(client: Client, term: CancellationToken) -> anyhow::Result<()> {
-    let (reports, reports_writer) = reflector::store::<ProfileNodeStatus>();
-    let (nodes, nodes_writer) = reflector::store::<PartialObjectMeta<Node>>();
-    let (seccomp_tx, seccomp_rx) = mpsc::unbounded_channel::<String>();
-    let (apparmor_tx, apparmor_rx) = mpsc::unbounded_channel::<String>();
+pub async fn run(client: Client, metrics: Metrics, term: CancellationToken) -> anyhow::Result<()> {
+    // A report changed: its profile's status may change.
+    let (reports, report_changes) = reflect::store_and_changes(
+        "ProfileNodeStatuses",
+        Api::<ProfileNodeStatus>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    // A node went away: every profile may hold its finalizer.
+    let (nodes, node_changes) = reflect::store_and_changes(
+        "Nodes",
+        Api::<PartialObjectMeta<Node>>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let (seccomp_tx, seccomp_rx) = mpsc::unbounded_channel::<Recheck>();
+    let (apparmor_tx, apparmor_rx) = mpsc::unbounded_channel::<Recheck>();
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         reports: reports.clone(),
         nodes: nodes.clone(),
         synced: AtomicBool::new(false),
+        policy: ErrorPolicy::standard("profile-status", &metrics),
     });
 
-    // A report changed: its profile's status may change.
-    let report_stream = reflector::reflector(
-        reports_writer,
-        watcher(
-            Api::<ProfileNodeStatus>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
     let to_profiles = {
         let (seccomp_tx, apparmor_tx) = (seccomp_tx.clone(), apparmor_tx.clone());
-        async move {
-            let mut stream = std::pin::pin!(report_stream);
-            while let Some(item) = stream.next().await {
-                match item {
-                    Ok(r) => {
-                        let tx = match r.spec.profile_kind {
-                            ProfileKind::SeccompProfile => &seccomp_tx,
-                            ProfileKind::AppArmorProfile => &apparmor_tx,
-                        };
-                        let _ = tx.send(r.spec.profile_name.clone());
-                    }
-                    Err(e) => tracing::warn!(error = %e, "watching ProfileNodeStatuses failed; retrying"),
-                }
-            }
-        }
+        report_changes.for_each(move |r| {
+            let tx = match r.spec.profile_kind {
+                ProfileKind::SeccompProfile => &seccomp_tx,
+                ProfileKind::AppArmorProfile => &apparmor_tx,
+            };
+            let _ = tx.send(Recheck::Profile(r.spec.profile_name.clone()));
+            std::future::ready(())
+        })
     };
-    // A node went away: every profile may hold its finalizer.
-    let node_stream = reflector::reflector(
-        nodes_writer,
-        watcher(
-            Api::<PartialObjectMeta<Node>>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
     let on_nodes = {
         let (seccomp_tx, apparmor_tx, nodes) = (seccomp_tx.clone(), apparmor_tx.clone(), nodes.clone());
-        async move {
-            let mut stream = std::pin::pin!(node_stream);
-            while let Some(item) = stream.next().await {
-                match item {
-                    Ok(node) if nodes.get(&ObjectRef::from_obj(&node)).is_none() => {
-                        tracing::info!(node = %node.name_any(), "node deleted: releasing its profiles");
-                        let _ = seccomp_tx.send(String::new());
-                        let _ = apparmor_tx.send(String::new());
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "watching Nodes failed; retrying"),
-                }
+        node_changes.for_each(move |node| {
+            if nodes.get(&ObjectRef::from_obj(&node)).is_none() {
+                tracing::info!(node = %node.name_any(), "node deleted: releasing its profiles");
+                let _ = seccomp_tx.send(Recheck::All);
+                let _ = apparmor_tx.send(Recheck::All);
             }
-        }
+            std::future::ready(())
+        })
     };
     let ready = {
         let ctx = ctx.clone();
@@ -124,8 +123,8 @@ pub async fn run(client: Client, term: CancellationToken) -> anyhow::Result<()> 
             if wait_listed(&ctx.reports).await && wait_listed(&ctx.nodes).await {
                 ctx.synced.store(true, Ordering::SeqCst);
                 // Reports of nodes that vanished while no operator ran are pruned by the reconciles.
-                let _ = seccomp_tx.send(String::new());
-                let _ = apparmor_tx.send(String::new());
+                let _ = seccomp_tx.send(Recheck::All);
+                let _ = apparmor_tx.send(Recheck::All);
             }
             futures::future::pending::<()>().await
         }
@@ -187,24 +186,22 @@ impl Profile for AppArmorProfile {
 
 async fn controller<K: Profile>(
     ctx: Arc<Ctx>,
-    triggers: mpsc::UnboundedReceiver<String>,
+    triggers: mpsc::UnboundedReceiver<Recheck>,
     term: CancellationToken,
 ) {
     let api = Api::<DeserializeGuard<K>>::all(ctx.client.clone());
     let controller = Controller::new(api, watcher::Config::default());
     let store = controller.store();
-    // An empty name means "every profile" (a node went away).
     let triggers =
         futures::stream::unfold(triggers, |mut rx| async move { rx.recv().await.map(|n| (n, rx)) }).flat_map(
-            move |name| {
-                let refs: Vec<ObjectRef<DeserializeGuard<K>>> = if name.is_empty() {
-                    store
+            move |recheck| {
+                let refs: Vec<ObjectRef<DeserializeGuard<K>>> = match recheck {
+                    Recheck::All => store
                         .state()
                         .iter()
                         .map(|p| ObjectRef::from_obj(p.as_ref()))
-                        .collect()
-                } else {
-                    vec![ObjectRef::new(&name)]
+                        .collect(),
+                    Recheck::Profile(name) => vec![ObjectRef::new(&name)],
                 };
                 futures::stream::iter(refs)
             },
@@ -213,11 +210,20 @@ async fn controller<K: Profile>(
         .reconcile_on(triggers)
         .graceful_shutdown_on(term.cancelled_owned())
         .run(reconcile::<K>, error_policy, ctx)
-        .for_each(log_controller_error)
+        .for_each(log_controller_error("profile-status"))
         .await;
 }
 
 async fn reconcile<K: Profile>(obj: Arc<DeserializeGuard<K>>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let result = update_status::<K>(&obj, &ctx).await;
+    if result.is_ok() {
+        ctx.policy.succeeded(obj.as_ref());
+    }
+    result
+}
+
+/// Releases finalizers and reports of nodes that are gone, then writes the aggregated status.
+async fn update_status<K: Profile>(obj: &Arc<DeserializeGuard<K>>, ctx: &Ctx) -> Result<Action, Error> {
     if !ctx.synced.load(Ordering::SeqCst) {
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
@@ -273,14 +279,10 @@ async fn reconcile<K: Profile>(obj: Arc<DeserializeGuard<K>>, ctx: Arc<Ctx>) -> 
         reports: with_status,
     });
     let previous = profile.status();
-    // The transition time moves only when the condition does.
-    if let Some(prev) = previous.and_then(|p| p.conditions.first())
-        && let Some(cond) = status.conditions.first_mut()
-        && prev.status == cond.status
-        && prev.reason == cond.reason
-    {
-        cond.last_transition_time = prev.last_transition_time.clone();
-    }
+    carry_transition_times(
+        previous.map(|p| p.conditions.as_slice()).unwrap_or_default(),
+        &mut status.conditions,
+    );
     if previous == Some(&status) {
         return Ok(Action::await_change());
     }
@@ -292,7 +294,7 @@ async fn reconcile<K: Profile>(obj: Arc<DeserializeGuard<K>>, ctx: Arc<Ctx>) -> 
     match api
         .patch_status(
             &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
+            &PatchParams::apply(OPERATOR_MANAGER).force(),
             &Patch::Apply(patch),
         )
         .await
@@ -304,7 +306,6 @@ async fn reconcile<K: Profile>(obj: Arc<DeserializeGuard<K>>, ctx: Arc<Ctx>) -> 
     }
 }
 
-fn error_policy<K: Resource>(obj: Arc<K>, error: &Error, _ctx: Arc<Ctx>) -> Action {
-    tracing::warn!(profile = %obj.meta().name.as_deref().unwrap_or_default(), error = %error, "updating a profile's status failed; retrying");
-    Action::requeue(Duration::from_secs(2))
+fn error_policy<K: Resource>(obj: Arc<K>, error: &Error, ctx: Arc<Ctx>) -> Action {
+    ctx.policy.failed(obj.as_ref(), error)
 }

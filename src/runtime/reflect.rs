@@ -1,0 +1,73 @@
+//! Watches that feed an in-memory index: one helper instead of a copy per controller of "run a
+//! reflector with backoff and log its errors". The watch restarts itself after errors (with
+//! kube-runtime's default backoff); errors are logged with what was being watched.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::hash::Hash;
+
+use futures::{Stream, StreamExt};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource};
+use serde::de::DeserializeOwned;
+
+/// A store of `api`'s objects and the stream of objects the watch touched (applied or deleted);
+/// the store is filled only while the stream is polled. Watch errors are logged as `what` and
+/// dropped from the stream.
+pub fn store_and_changes<K>(
+    what: &'static str,
+    api: Api<K>,
+    config: watcher::Config,
+) -> (Store<K>, impl Stream<Item = K> + Send + 'static)
+where
+    K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, config))
+        .default_backoff()
+        .touched_objects()
+        .filter_map(move |item| {
+            std::future::ready(match item {
+                Ok(obj) => Some(obj),
+                Err(e) => {
+                    tracing::warn!(watch = what, error = %e, "watch failed; retrying");
+                    None
+                }
+            })
+        });
+    (reader, stream)
+}
+
+/// A store of `api`'s objects and the future that keeps it current (run it for as long as the
+/// store is used).
+pub fn store<K>(
+    what: &'static str,
+    api: Api<K>,
+    config: watcher::Config,
+) -> (Store<K>, impl Future<Output = ()> + Send + 'static)
+where
+    K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
+    let (reader, changes) = store_and_changes(what, api, config);
+    (reader, changes.for_each(|_| std::future::ready(())))
+}
+
+/// Waits until a reflector store has listed once; `false` if its writer is gone. kube's readiness
+/// signal wakes a single waiter per store (a oneshot channel underneath), and a controller's own
+/// store already has one, the controller itself: so the wait is renewed every 100 ms.
+pub async fn wait_listed<K>(store: &Store<K>) -> bool
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Hash + Eq + Clone,
+{
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_millis(100), store.wait_until_ready()).await {
+            Ok(Ok(())) => return true,
+            Ok(Err(_)) => return false,
+            Err(_) => continue,
+        }
+    }
+}
