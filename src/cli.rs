@@ -8,7 +8,7 @@ use std::path::Path;
 
 use clap::{Parser, Subcommand};
 
-use crate::api::manifests::ManifestArgs;
+use crate::deploy::ManifestArgs;
 use crate::role::Role;
 
 #[derive(Debug, Parser)]

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod deploy;
 #[cfg(feature = "keys")]
 pub mod keys;
 #[cfg(feature = "kms-plugin")]

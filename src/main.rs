@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use phylax::cli::{self, Command, Parsed};
-use phylax::{api, version};
+use phylax::{api, deploy, version};
 
 fn main() -> ExitCode {
     // One TLS provider for every rustls user in the process (kube client, webhook server, gRPC).
@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Version(args) => return print(&version::render(args.output)),
         Command::Crd => api::to_yaml_stream("Phylax CustomResourceDefinitions", &api::crds()),
-        Command::Manifests(args) => api::manifests::render(&args),
+        Command::Manifests(args) => deploy::render(&args),
         role => run_role(role).map(|()| String::new()),
     };
     match result {

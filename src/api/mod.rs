@@ -1,7 +1,8 @@
-//! Phylax's API: CustomResourceDefinitions (one file per API group as they arrive) and the
-//! deployment manifests rendered from the same code, so what is installed matches what runs.
+//! Phylax's API: the CustomResourceDefinitions (one file per API group as they arrive) and the
+//! other contracts with users and the API server (the sync annotation, the webhooks Phylax
+//! registers). `crate::deploy` renders the install manifests from the same code, so what is
+//! installed matches what runs.
 
-pub mod manifests;
 pub mod profiles;
 pub mod secret_provider;
 pub mod selectors;

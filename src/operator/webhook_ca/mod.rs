@@ -19,7 +19,7 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::manifests::WEBHOOK_TLS_SECRET;
+use crate::deploy::WEBHOOK_TLS_SECRET;
 use crate::runtime::duration;
 use certs::{CaState, Pair, Serving};
 

@@ -1,0 +1,566 @@
+//! `phylax manifests`: everything `kubectl apply -f -` needs to run Phylax in a cluster.
+//!
+//! One file per role holds its workload and, beside it, its RBAC: each role is granted only what
+//! its code uses today, and each feature adds its own rules next to the code that needs them. The
+//! KMS plugin is not here: it runs as a static pod or systemd unit on control-plane nodes, outside
+//! the cluster's own workloads.
+//!
+//! Every object is a typed k8s-openapi struct, so a misspelt field does not compile. `phylax
+//! manifests` exists in every build, so nothing here depends on a role's feature.
+
+mod node_agent;
+mod operator;
+mod webhook;
+
+use std::collections::BTreeMap;
+
+use clap::Args;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Namespace,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
+};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role as RbacRole, RoleBinding, RoleRef, Subject,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::role::Role;
+
+pub use operator::OPERATOR_LEASE;
+pub use webhook::WEBHOOK_TLS_SECRET;
+
+#[derive(Debug, Args)]
+pub struct ManifestArgs {
+    /// Namespace to install into
+    #[arg(long, short = 'n', default_value = "phylax-system", value_parser = crate::runtime::names::parse_namespace)]
+    pub namespace: String,
+
+    /// Container image holding the phylax binary (entrypoint `phylax`)
+    #[arg(long, value_name = "REF", default_value_t = default_image())]
+    pub image: String,
+
+    /// Which namespaces and objects Phylax's webhooks review: every one not labelled
+    /// `phylax.dev/webhooks=disabled` (opt-out), or only namespaces labelled
+    /// `phylax.dev/webhooks=enabled` (opt-in)
+    #[arg(long, value_enum, default_value_t = WebhookScope::OptOut)]
+    pub webhooks: WebhookScope,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WebhookScope {
+    OptOut,
+    OptIn,
+}
+
+pub fn default_image() -> String {
+    format!("phylax:{}", crate::version::VERSION)
+}
+
+const NON_ROOT_UID: i64 = 65532;
+
+/// All objects, in apply order: namespace, CRDs, then each role's identity and RBAC before its
+/// workloads.
+pub fn manifests(args: &ManifestArgs) -> anyhow::Result<Vec<Value>> {
+    let ns = args.namespace.as_str();
+    let image = args.image.as_str();
+    let mut out = Objects::default();
+    out.push(&Namespace {
+        metadata: ObjectMeta {
+            name: Some(ns.to_owned()),
+            labels: Some(labels(None)),
+            ..Default::default()
+        },
+        ..Default::default()
+    })?;
+    for crd in crate::api::crds() {
+        out.push(&crd)?;
+    }
+
+    out.access(operator::access(ns))?;
+    out.push(&operator::deployment(ns, image))?;
+    out.push(&admin_service(ns, Role::Operator))?;
+
+    out.access(webhook::access(ns))?;
+    out.push(&webhook::deployment(ns, image))?;
+    out.push(&webhook::service(ns))?;
+    if let Some(config) = webhook::validating_configuration(ns, args.webhooks) {
+        out.push(&config)?;
+    }
+    if let Some(config) = webhook::mutating_configuration(ns, args.webhooks) {
+        out.push(&config)?;
+    }
+    out.push(&admin_service(ns, Role::Webhook))?;
+
+    out.access(node_agent::access(ns))?;
+    out.push(&node_agent::daemon_set(ns, image))?;
+    Ok(out.0)
+}
+
+pub fn render(args: &ManifestArgs) -> anyhow::Result<String> {
+    crate::api::to_yaml_stream(
+        "Phylax: apply with `kubectl apply --server-side -f -`",
+        &manifests(args)?,
+    )
+}
+
+/// The rendered objects: each kind is its own type, the output one list.
+#[derive(Default)]
+struct Objects(Vec<Value>);
+
+impl Objects {
+    fn push(&mut self, object: &impl Serialize) -> serde_json::Result<()> {
+        self.0.push(serde_json::to_value(object)?);
+        Ok(())
+    }
+
+    fn access(&mut self, access: Access) -> serde_json::Result<()> {
+        self.push(&access.service_account)?;
+        for (role, binding) in &access.roles {
+            self.push(role)?;
+            self.push(binding)?;
+        }
+        for (role, binding) in &access.cluster_roles {
+            self.push(role)?;
+            self.push(binding)?;
+        }
+        Ok(())
+    }
+}
+
+/// A role's identity and API access: its ServiceAccount, then each Role and ClusterRole beside the
+/// binding that grants it to that ServiceAccount.
+struct Access {
+    service_account: ServiceAccount,
+    roles: Vec<(RbacRole, RoleBinding)>,
+    cluster_roles: Vec<(ClusterRole, ClusterRoleBinding)>,
+}
+
+fn labels(role: Option<Role>) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "phylax".to_owned()),
+        ("app.kubernetes.io/part-of".to_owned(), "phylax".to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "phylax-manifests".to_owned(),
+        ),
+    ]);
+    if let Some(role) = role {
+        l.insert("app.kubernetes.io/component".to_owned(), role.name().to_owned());
+    }
+    l
+}
+
+fn selector_labels(role: Role) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "phylax".to_owned()),
+        ("app.kubernetes.io/component".to_owned(), role.name().to_owned()),
+    ])
+}
+
+fn meta(ns: &str, name: &str, role: Role) -> ObjectMeta {
+    ObjectMeta {
+        namespace: Some(ns.to_owned()),
+        ..cluster_meta(name, role)
+    }
+}
+
+/// Metadata of a cluster-scoped object.
+fn cluster_meta(name: &str, role: Role) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        labels: Some(labels(Some(role))),
+        ..Default::default()
+    }
+}
+
+fn object_name(role: Role) -> String {
+    format!("phylax-{}", role.name())
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn service_account(ns: &str, role: Role, uses_api: bool) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(ns, &object_name(role), role),
+        automount_service_account_token: Some(uses_api),
+        ..Default::default()
+    }
+}
+
+fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
+    PolicyRule {
+        api_groups: Some(vec![group.to_owned()]),
+        resources: Some(strings(resources)),
+        verbs: strings(verbs),
+        ..Default::default()
+    }
+}
+
+/// A Role in the role's namespace and its binding to the role's ServiceAccount.
+fn namespaced_role(ns: &str, name: &str, role: Role, rules: Vec<PolicyRule>) -> (RbacRole, RoleBinding) {
+    (
+        RbacRole {
+            metadata: meta(ns, name, role),
+            rules: Some(rules),
+        },
+        RoleBinding {
+            metadata: meta(ns, name, role),
+            role_ref: role_ref("Role", name),
+            subjects: Some(vec![subject(ns, role)]),
+        },
+    )
+}
+
+/// A ClusterRole and its binding to the role's ServiceAccount.
+fn cluster_role(
+    ns: &str,
+    name: &str,
+    role: Role,
+    rules: Vec<PolicyRule>,
+) -> (ClusterRole, ClusterRoleBinding) {
+    (
+        ClusterRole {
+            metadata: cluster_meta(name, role),
+            rules: Some(rules),
+            ..Default::default()
+        },
+        ClusterRoleBinding {
+            metadata: cluster_meta(name, role),
+            role_ref: role_ref("ClusterRole", name),
+            subjects: Some(vec![subject(ns, role)]),
+        },
+    )
+}
+
+fn role_ref(kind: &str, name: &str) -> RoleRef {
+    RoleRef {
+        api_group: "rbac.authorization.k8s.io".into(),
+        kind: kind.into(),
+        name: name.into(),
+    }
+}
+
+/// The role's ServiceAccount, as a binding names it.
+fn subject(ns: &str, role: Role) -> Subject {
+    Subject {
+        kind: "ServiceAccount".into(),
+        name: object_name(role),
+        namespace: Some(ns.to_owned()),
+        ..Default::default()
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn probe(path: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("admin".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Default::default()
+    }
+}
+
+fn container(image: &str, role: Role, extra_args: &[&str]) -> Container {
+    let mut args = vec![role.name().to_owned(), "--log-format=json".to_owned()];
+    args.extend(extra_args.iter().map(|a| (*a).to_owned()));
+    let port = i32::from(role.default_admin_addr().port());
+    Container {
+        name: role.name().to_owned(),
+        image: Some(image.to_owned()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        args: Some(args),
+        env: Some(vec![
+            field_env("POD_NAMESPACE", "metadata.namespace"),
+            field_env("POD_NAME", "metadata.name"),
+            EnvVar {
+                name: "RUST_LOG".into(),
+                value: Some("info".into()),
+                ..Default::default()
+            },
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("admin".into()),
+            container_port: port,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        liveness_probe: Some(probe("/livez", 10)),
+        readiness_probe: Some(probe("/readyz", 5)),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_owned(), Quantity("20m".into())),
+                ("memory".to_owned(), Quantity("32Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([("memory".to_owned(), Quantity("256Mi".into()))])),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(NON_ROOT_UID),
+            run_as_group: Some(NON_ROOT_UID),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn pod_template(image: &str, role: Role, extra_args: &[&str]) -> PodTemplateSpec {
+    let mut template_labels = labels(Some(role));
+    template_labels.extend(selector_labels(role));
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(template_labels),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            service_account_name: Some(object_name(role)),
+            containers: vec![container(image, role, extra_args)],
+            termination_grace_period_seconds: Some(30),
+            enable_service_links: Some(false),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+fn deployment(ns: &str, image: &str, role: Role, replicas: i32, extra_args: &[&str]) -> Deployment {
+    Deployment {
+        metadata: meta(ns, &object_name(role), role),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(role)),
+                ..Default::default()
+            },
+            template: pod_template(image, role, extra_args),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A Service in front of a role's admin port, for metrics scraping.
+fn admin_service(ns: &str, role: Role) -> Service {
+    Service {
+        metadata: meta(ns, &format!("{}-admin", object_name(role)), role),
+        spec: Some(ServiceSpec {
+            selector: Some(selector_labels(role)),
+            ports: Some(vec![ServicePort {
+                name: Some("admin".into()),
+                port: i32::from(role.default_admin_addr().port()),
+                target_port: Some(IntOrString::String("admin".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render_default() -> Vec<Value> {
+        manifests(&ManifestArgs {
+            namespace: "sec".into(),
+            image: "reg/phylax:t".into(),
+            webhooks: WebhookScope::OptOut,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn every_namespaced_object_is_in_the_chosen_namespace() {
+        for obj in render_default() {
+            let kind = obj["kind"].as_str().unwrap();
+            if matches!(
+                kind,
+                "Namespace"
+                    | "CustomResourceDefinition"
+                    | "ValidatingWebhookConfiguration"
+                    | "MutatingWebhookConfiguration"
+                    | "ClusterRole"
+                    | "ClusterRoleBinding"
+            ) {
+                continue;
+            }
+            assert_eq!(obj["metadata"]["namespace"], "sec", "{kind}");
+        }
+    }
+
+    #[test]
+    fn webhooks_skip_system_namespaces_and_call_the_service() {
+        let objs = render_default();
+        let config = objs
+            .iter()
+            .find(|o| o["kind"] == "ValidatingWebhookConfiguration")
+            .expect("a validating webhook configuration");
+        for hook in config["webhooks"].as_array().unwrap() {
+            let excluded = &hook["namespaceSelector"]["matchExpressions"][0]["values"];
+            assert_eq!(excluded, &serde_json::json!(["kube-system", "sec"]));
+            assert_eq!(hook["clientConfig"]["service"]["namespace"], "sec");
+            assert_eq!(hook["clientConfig"]["service"]["name"], "phylax-webhook");
+            assert!(hook["timeoutSeconds"].as_i64().unwrap() <= 5);
+            assert_eq!(hook["sideEffects"], "None");
+            assert_eq!(
+                hook["namespaceSelector"]["matchExpressions"][1]["operator"],
+                "NotIn"
+            );
+        }
+        let opt_in = manifests(&ManifestArgs {
+            namespace: "sec".into(),
+            image: "reg/phylax:t".into(),
+            webhooks: WebhookScope::OptIn,
+        })
+        .unwrap();
+        let config = opt_in
+            .iter()
+            .find(|o| o["kind"] == "ValidatingWebhookConfiguration")
+            .unwrap();
+        let selector = &config["webhooks"][0]["namespaceSelector"]["matchExpressions"][1];
+        assert_eq!(
+            selector,
+            &serde_json::json!({"key": "phylax.dev/webhooks", "operator": "In", "values": ["enabled"]})
+        );
+    }
+
+    #[test]
+    fn workloads_run_as_non_root_with_read_only_root() {
+        let objs = render_default();
+        let workloads: Vec<_> = objs
+            .iter()
+            .filter(|o| ["Deployment", "DaemonSet"].contains(&o["kind"].as_str().unwrap()))
+            .collect();
+        assert_eq!(workloads.len(), 3);
+        for w in workloads {
+            let c = &w["spec"]["template"]["spec"]["containers"][0];
+            assert_eq!(c["image"], "reg/phylax:t");
+            if w["kind"] == "DaemonSet" {
+                // The node agent writes into the kubelet's root-owned directory as root, with no
+                // capability but CAP_SYSLOG (for /dev/kmsg), and is never privileged.
+                assert_eq!(c["securityContext"]["runAsUser"], 0);
+                assert_eq!(
+                    c["securityContext"]["capabilities"]["add"],
+                    serde_json::json!(["SYSLOG"])
+                );
+                assert!(c["securityContext"].get("privileged").is_none());
+            } else {
+                assert_eq!(c["securityContext"]["runAsNonRoot"], true);
+            }
+            assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+            assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+            assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
+            let role = c["args"][0].as_str().unwrap();
+            assert!(Role::from_name(role).is_some(), "{role}");
+            assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+        }
+    }
+
+    #[test]
+    fn each_role_gets_only_the_api_access_it_uses() {
+        let objs = render_default();
+        for sa in objs.iter().filter(|o| o["kind"] == "ServiceAccount") {
+            let name = sa["metadata"]["name"].as_str().unwrap();
+            assert_eq!(sa["automountServiceAccountToken"], true, "{name}");
+        }
+        let roles: Vec<_> = objs
+            .iter()
+            .filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole")
+            .collect();
+        // Only the operator touches Secrets.
+        for r in &roles {
+            let name = r["metadata"]["name"].as_str().unwrap();
+            let touches_secrets = r["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|rule| rule["resources"].as_array().unwrap().contains(&"secrets".into()));
+            assert!(!touches_secrets || name.starts_with("phylax-operator-"), "{name}");
+        }
+        let role =
+            |name: &str| roles.iter().find(|r| r["metadata"]["name"] == name).unwrap()["rules"].clone();
+        // get/update are pinned to the one lease; create cannot be pinned by name.
+        let lease = role("phylax-operator-leader-election");
+        assert_eq!(lease[1]["resourceNames"][0], OPERATOR_LEASE);
+        assert!(
+            lease
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["resources"][0] == "leases")
+        );
+        // Secrets: only its two webhook Secrets beyond create; webhook configurations: only Phylax's.
+        let secrets = role("phylax-operator-webhook-certs");
+        assert_eq!(
+            secrets[1]["resourceNames"],
+            serde_json::json!(["phylax-webhook-ca", "phylax-webhook-tls"])
+        );
+        let bundle = role("phylax-operator-webhook-ca-bundle");
+        assert_eq!(bundle[0]["resourceNames"], serde_json::json!(["phylax"]));
+        // Secret sync writes Secrets anywhere but can neither list nor watch nor delete them.
+        let sync = role("phylax-operator-secret-sync");
+        let on_secrets: Vec<_> = sync
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["resources"].as_array().unwrap().contains(&"secrets".into()))
+            .collect();
+        assert_eq!(on_secrets.len(), 1);
+        assert_eq!(
+            on_secrets[0]["verbs"],
+            serde_json::json!(["get", "create", "patch"])
+        );
+        // The webhook only reads; the node agent writes profiles and its reports, nothing else.
+        let webhook = role("phylax-webhook-profiles");
+        assert_eq!(webhook[0]["verbs"], serde_json::json!(["list", "watch"]));
+        let agent = role("phylax-node-agent");
+        for rule in agent.as_array().unwrap() {
+            let group = rule["apiGroups"][0].as_str().unwrap();
+            assert!(
+                group == "profiles.phylax.dev" || rule["resources"] == serde_json::json!(["pods"]),
+                "{rule}"
+            );
+        }
+        assert_eq!(roles.len(), 7);
+    }
+}

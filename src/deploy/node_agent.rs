@@ -1,0 +1,122 @@
+//! The node agent: one per node, including control-plane nodes. It watches its node's pods,
+//! installs profiles (a finalizer per node), reports in ProfileNodeStatus objects, and writes the
+//! SeccompProfiles recordings produce.
+
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
+use k8s_openapi::api::core::v1::{Capabilities, HostPathVolumeSource, Toleration, Volume, VolumeMount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use super::{
+    Access, cluster_role, field_env, meta, object_name, pod_template, rule, selector_labels, service_account,
+};
+use crate::role::Role;
+
+pub(super) fn access(ns: &str) -> Access {
+    let role = Role::NodeAgent;
+    Access {
+        service_account: service_account(ns, role, true),
+        roles: Vec::new(),
+        cluster_roles: vec![cluster_role(
+            ns,
+            "phylax-node-agent",
+            role,
+            vec![
+                rule("", &["pods"], &["list", "watch"]),
+                rule(
+                    "profiles.phylax.dev",
+                    &["seccompprofiles", "apparmorprofiles"],
+                    &["get", "list", "watch", "patch"],
+                ),
+                rule("profiles.phylax.dev", &["seccompprofiles"], &["create", "update"]),
+                rule(
+                    "profiles.phylax.dev",
+                    &["profilenodestatuses"],
+                    &["create", "patch", "delete"],
+                ),
+                rule("profiles.phylax.dev", &["profilenodestatuses/status"], &["patch"]),
+            ],
+        )],
+    }
+}
+
+pub(super) fn daemon_set(ns: &str, image: &str) -> DaemonSet {
+    let role = Role::NodeAgent;
+    let mut template = pod_template(
+        image,
+        role,
+        &[
+            "--kubelet-root=/var/lib/kubelet",
+            "--audit-source=/dev/kmsg",
+            "--proc-root=/host/proc",
+        ],
+    );
+    if let Some(spec) = template.spec.as_mut() {
+        spec.tolerations = Some(vec![Toleration {
+            operator: Some("Exists".into()),
+            ..Default::default()
+        }]);
+        // Root without capabilities owns the kubelet's root-owned seccomp directory; CAP_SYSLOG
+        // reads /dev/kmsg. Loading AppArmor profiles would also need CAP_MAC_ADMIN and
+        // apparmor_parser in the image: without them the agent reports AppArmor unsupported.
+        if let Some(sc) = spec.security_context.as_mut() {
+            sc.run_as_non_root = Some(false);
+        }
+        let host = |name: &str, path: &str, kind: &str| Volume {
+            name: name.into(),
+            host_path: Some(HostPathVolumeSource {
+                path: path.into(),
+                type_: Some(kind.into()),
+            }),
+            ..Default::default()
+        };
+        spec.volumes = Some(vec![
+            host("seccomp", "/var/lib/kubelet/seccomp", "DirectoryOrCreate"),
+            host("kmsg", "/dev/kmsg", "CharDevice"),
+            host("proc", "/proc", "Directory"),
+        ]);
+        let c = &mut spec.containers[0];
+        if let Some(env) = c.env.as_mut() {
+            env.push(field_env("NODE_NAME", "spec.nodeName"));
+        }
+        c.volume_mounts = Some(vec![
+            VolumeMount {
+                name: "seccomp".into(),
+                mount_path: "/var/lib/kubelet/seccomp".into(),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "kmsg".into(),
+                mount_path: "/dev/kmsg".into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "proc".into(),
+                mount_path: "/host/proc".into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ]);
+        if let Some(sc) = c.security_context.as_mut() {
+            sc.run_as_non_root = Some(false);
+            sc.run_as_user = Some(0);
+            sc.run_as_group = Some(0);
+            sc.capabilities = Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: Some(vec!["SYSLOG".into()]),
+            });
+        }
+    }
+    DaemonSet {
+        metadata: meta(ns, &object_name(role), role),
+        spec: Some(DaemonSetSpec {
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(role)),
+                ..Default::default()
+            },
+            template,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
