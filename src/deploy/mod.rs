@@ -33,7 +33,7 @@ use serde_json::Value;
 use crate::role::Role;
 
 pub use operator::OPERATOR_LEASE;
-pub use webhook::WEBHOOK_TLS_SECRET;
+pub use webhook::{CONFIGURATION_NAME as WEBHOOK_CONFIGURATION, WEBHOOK_TLS_SECRET};
 
 #[derive(Debug, Args)]
 pub struct ManifestArgs {
@@ -146,7 +146,7 @@ fn labels(role: Option<Role>) -> BTreeMap<String, String> {
         ("app.kubernetes.io/name".to_owned(), "phylax".to_owned()),
         ("app.kubernetes.io/part-of".to_owned(), "phylax".to_owned()),
         (
-            "app.kubernetes.io/managed-by".to_owned(),
+            crate::runtime::ownership::MANAGED_BY.0.to_owned(),
             "phylax-manifests".to_owned(),
         ),
     ]);

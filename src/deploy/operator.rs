@@ -9,7 +9,7 @@ use super::{Access, cluster_role, namespaced_role, rule, service_account, string
 use crate::role::Role;
 
 /// The lease the operator replicas elect their leader on; the operator's `--lease-name` default.
-pub const OPERATOR_LEASE: &str = "phylax-operator";
+pub use crate::runtime::ownership::OPERATOR_LEASE;
 
 pub(super) fn access(ns: &str) -> Access {
     let role = Role::Operator;

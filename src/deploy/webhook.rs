@@ -27,7 +27,8 @@ pub const WEBHOOK_TLS_SECRET: &str = "phylax-webhook-tls";
 /// The Secrets the operator keeps for the webhook: its CA and the serving certificate.
 pub(super) const WEBHOOK_SECRETS: [&str; 2] = ["phylax-webhook-ca", WEBHOOK_TLS_SECRET];
 /// The name of both webhook configurations, whose caBundle the operator keeps current.
-pub(super) const CONFIGURATION_NAME: &str = "phylax";
+/// The Validating- and MutatingWebhookConfiguration, whose caBundle the operator keeps current.
+pub const CONFIGURATION_NAME: &str = "phylax";
 const WEBHOOK_TLS_DIR: &str = "/etc/phylax/webhook-tls";
 const WEBHOOK_PORT: i32 = 8443;
 const SERVICE_PORT: i32 = 443;

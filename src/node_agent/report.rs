@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::api::profiles::{NodeReport, ProfileKind, ProfileNodeStatus, node_status_name};
 
-pub const FIELD_MANAGER: &str = "phylax-node-agent";
+use crate::runtime::ownership::{MANAGED_BY, NODE_AGENT_MANAGER as FIELD_MANAGER};
 
 pub struct Reports {
     api: Api<ProfileNodeStatus>,
@@ -58,7 +58,7 @@ impl Reports {
                 owner["uid"] = json!(uid);
             }
             let labels = json!({
-                "app.kubernetes.io/managed-by": "phylax",
+                MANAGED_BY.0: MANAGED_BY.1,
                 "profiles.phylax.dev/kind": kind.as_str(),
                 "profiles.phylax.dev/node": label_value(&self.node),
                 "profiles.phylax.dev/profile": label_value(&profile_name),

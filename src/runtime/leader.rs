@@ -33,7 +33,7 @@ pub struct LeaderArgs {
     pub leader_elect: bool,
 
     /// Name of the Lease (in --namespace)
-    #[arg(long, default_value = "phylax-operator", value_parser = super::names::parse_object_name)]
+    #[arg(long, default_value = super::ownership::OPERATOR_LEASE, value_parser = super::names::parse_object_name)]
     pub lease_name: String,
 
     /// This replica's name in the Lease; a random suffix keeps two processes with one name apart

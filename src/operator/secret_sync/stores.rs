@@ -14,8 +14,8 @@ use kube::runtime::reflector::{ObjectRef, Store as Reflection};
 use kube::{Api, Client, Resource};
 
 use super::outcome::SyncError;
-use super::target::MANAGER;
 use crate::api::secret_provider::SecretProvider;
+use crate::runtime::ownership::OPERATOR_MANAGER as MANAGER;
 use crate::secret_stores::{self, Store, StoreError};
 
 pub type Guarded = DeserializeGuard<SecretProvider>;

@@ -15,9 +15,8 @@ use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 
 use super::outcome::SyncError;
 use super::render::{Data, content_hash};
+use crate::runtime::ownership::{self, OPERATOR_MANAGER as MANAGER};
 
-pub const MANAGER: &str = "phylax-operator";
-pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "phylax");
 pub const PROVIDER: &str = "secrets.phylax.dev/provider";
 pub const PATH: &str = "secrets.phylax.dev/path";
 pub const CONTENT_HASH: &str = "secrets.phylax.dev/content-hash";
@@ -49,10 +48,7 @@ impl Target<'_> {
         ObjectMeta {
             name: Some(self.name.to_owned()),
             namespace: Some(self.namespace.to_owned()),
-            labels: Some(BTreeMap::from([(
-                MANAGED_BY.0.to_owned(),
-                MANAGED_BY.1.to_owned(),
-            )])),
+            labels: Some(ownership::managed_labels()),
             annotations: Some(annotations),
             resource_version,
             ..Default::default()
@@ -88,8 +84,7 @@ impl Target<'_> {
                     }
                 }
             };
-            let labels = current.metadata.labels.as_ref();
-            if labels.and_then(|l| l.get(MANAGED_BY.0)).map(String::as_str) != Some(MANAGED_BY.1) {
+            if !ownership::is_managed(current.metadata.labels.as_ref()) {
                 return Err(SyncError::NotManaged { secret: secret_ref });
             }
             let annotations = current.metadata.annotations.clone().unwrap_or_default();

@@ -19,15 +19,14 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 
+use crate::deploy::WEBHOOK_CONFIGURATION;
 use crate::deploy::WEBHOOK_TLS_SECRET;
 use crate::runtime::duration;
+use crate::runtime::ownership::{self, MANAGED_BY, OPERATOR_MANAGER as MANAGER};
 use certs::{CaState, Pair, Serving};
 
 pub const CA_SECRET: &str = "phylax-webhook-ca";
 /// The webhook configurations whose caBundle the operator keeps current.
-pub const WEBHOOK_CONFIGURATION: &str = "phylax";
-const MANAGER: &str = "phylax-operator";
-const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "phylax");
 const NOT_AFTER: &str = "phylax.dev/not-after";
 const PREVIOUS_UNTIL: &str = "phylax.dev/previous-ca-until";
 const ISSUER: &str = "phylax.dev/issuer";
@@ -136,14 +135,7 @@ pub async fn reconcile(
 /// A Secret of ours, or none; one someone else made under our name is refused, not overwritten.
 fn owned(secret: Option<Secret>, ns: &str, name: &str) -> anyhow::Result<Option<Secret>> {
     match secret {
-        Some(s)
-            if s.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(MANAGED_BY.0))
-                .map(String::as_str)
-                != Some(MANAGED_BY.1) =>
-        {
+        Some(s) if !ownership::is_managed(s.metadata.labels.as_ref()) => {
             anyhow::bail!(
                 "Secret {ns}/{name} exists but was not created by Phylax (no {}={} label); delete it, or \
                  run the operator with --manage-webhook-certs=false if another tool owns the certificates",
