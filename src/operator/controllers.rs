@@ -24,6 +24,7 @@ pub fn start(
         settings.namespace.clone(),
         settings.secret_sync.clone(),
         settings.sync_metrics.clone(),
+        metrics.clone(),
         term.clone(),
     ));
     controllers.spawn(super::webhook_ca::run(

@@ -14,7 +14,8 @@ use serde::de::DeserializeOwned;
 
 /// A store of `api`'s objects and the stream of objects the watch touched (applied or deleted);
 /// the store is filled only while the stream is polled. Watch errors are logged as `what` and
-/// dropped from the stream.
+/// dropped from the stream. During the initial list, objects are yielded before the store holds
+/// them (it is swapped in whole once the list is complete).
 pub fn store_and_changes<K>(
     what: &'static str,
     api: Api<K>,
@@ -24,20 +25,53 @@ where
     K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
 {
+    let (reader, events) = watched(api, config);
+    (reader, logged(what, events.touched_objects()))
+}
+
+/// Like [`store_and_changes`], but only objects created or updated (deletions are not yielded).
+pub fn store_and_applied<K>(
+    what: &'static str,
+    api: Api<K>,
+    config: watcher::Config,
+) -> (Store<K>, impl Stream<Item = K> + Send + 'static)
+where
+    K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
+    let (reader, events) = watched(api, config);
+    (reader, logged(what, events.applied_objects()))
+}
+
+fn watched<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config))
-        .default_backoff()
-        .touched_objects()
-        .filter_map(move |item| {
-            std::future::ready(match item {
-                Ok(obj) => Some(obj),
-                Err(e) => {
-                    tracing::warn!(watch = what, error = %e, "watch failed; retrying");
-                    None
-                }
-            })
-        });
-    (reader, stream)
+    let events = reflector::reflector(writer, watcher(api, config)).default_backoff();
+    (reader, events)
+}
+
+fn logged<K: Send + 'static>(
+    what: &'static str,
+    objects: impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+) -> impl Stream<Item = K> + Send + 'static {
+    objects.filter_map(move |item| {
+        std::future::ready(match item {
+            Ok(obj) => Some(obj),
+            Err(e) => {
+                tracing::warn!(watch = what, error = %e, "watch failed; retrying");
+                None
+            }
+        })
+    })
 }
 
 /// A store of `api`'s objects and the future that keeps it current (run it for as long as the

@@ -1,11 +1,14 @@
 //! Secret sync: a pod (or a workload's pod template) annotated with `secrets.phylax.dev/sync` gets
 //! the external secrets it names as Secrets in its own namespace, and only there.
 //!
-//! Each pod or workload is synced once when it appears and again only if its annotation changes;
-//! the initial list at startup (or after a leader change) serves requests made while no operator
-//! led. Transient failures (store unreachable or throttling, provider not ready, API write failed)
-//! are retried with capped, jittered backoff; the others are reported once, as an event on the
-//! object that asked, and wait for a person.
+//! One kube-runtime controller per kind of object that asks (pods, watched as metadata only;
+//! Deployments, StatefulSets, DaemonSets and Jobs, read as untyped JSON). Each object is synced
+//! once when it appears and again only if its annotation changes (a predicate on the annotation's
+//! hash); the initial list at startup (or after a leader change) serves requests made while no
+//! operator led. Transient failures (store unreachable or throttling, provider not ready, API write
+//! failed) make the reconcile fail, so the error policy retries the object, only its failed
+//! requests, with per-object capped, jittered backoff (and at least a store's Retry-After); the
+//! others are reported once, as an event on the object that asked, and wait for a person.
 
 pub mod access;
 pub mod coalesce;
@@ -18,26 +21,28 @@ pub mod triggers;
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::DynamicObject;
 use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::watcher::{self, Event};
-use kube::runtime::{WatchStreamExt, watcher as watch};
+use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Api, Client};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::sync_annotation::{self, SyncRequest};
-use crate::runtime::backoff::Backoff;
+use crate::api::sync_annotation::{self, ANNOTATION, SyncRequest};
+use crate::runtime::controller::{ErrorPolicy, ReconcileError, log_controller_error};
 use crate::runtime::duration;
+use crate::runtime::metrics::Metrics;
+use crate::runtime::ownership::OPERATOR_MANAGER;
+use crate::runtime::reflect::{self, wait_listed};
 use crate::secret_stores::{self, SecretBytes, StoreError};
 pub use metrics::SyncMetrics;
 use outcome::SyncError;
@@ -71,7 +76,10 @@ pub struct SyncArgs {
 }
 
 type Fetched = Result<SecretBytes, StoreError>;
-type SeenStream = Pin<Box<dyn Stream<Item = Result<Seen, watcher::Error>> + Send>>;
+
+/// How long the predicate remembers an object's annotation: a relist after this long syncs an
+/// unchanged object again (a harmless refresh), and forgets objects deleted meanwhile.
+const ANNOTATION_MEMORY: Duration = Duration::from_secs(24 * 3600);
 
 struct Ctx {
     client: Client,
@@ -80,35 +88,41 @@ struct Ctx {
     coalescer: coalesce::Coalescer<(String, String), Fetched>,
     recorder: Recorder,
     metrics: SyncMetrics,
+    /// Store calls and writes in flight across the five controllers (`--sync-concurrency`).
     slots: Semaphore,
-    /// uid → (kind, hash of the annotation last seen), for every object that asks: a sync whose
-    /// object is gone or whose annotation changed since is dropped.
-    current: Mutex<HashMap<String, (Kind, u64)>>,
+    /// Per object (uid): the annotation's hash and the Secrets already written for it, so a retry
+    /// redoes only the requests that failed transiently.
+    progress: Mutex<HashMap<String, Progress>>,
+    policy: ErrorPolicy,
     retry_max: Duration,
 }
 
-/// A unit of work: one object's requests (on retry, only those that failed transiently).
-struct Work {
-    trigger: Trigger,
-    only: Option<HashSet<String>>,
-    backoff: Backoff,
+struct Progress {
+    annotation: u64,
+    done: HashSet<String>,
+    since: Instant,
 }
 
-/// What the watches report, reduced to what the dispatcher needs.
-enum Seen {
-    Object {
-        kind: Kind,
-        uid: String,
-        trigger: Option<Trigger>,
-    },
-    Deleted {
-        uid: String,
-    },
-    Relist(Kind),
-    Listed(Kind),
+/// Some requests failed in a way that may pass by itself: the object is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+#[error("{failed} requested secret(s) failed transiently ({label})")]
+pub struct Retry {
+    failed: usize,
+    label: &'static str,
+    retry_after: Option<Duration>,
 }
 
-fn annotation_hash(s: &str) -> u64 {
+impl ReconcileError for Retry {
+    fn label(&self) -> &'static str {
+        self.label
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
+fn hash_str(s: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     s.hash(&mut h);
     h.finish()
@@ -119,201 +133,210 @@ pub async fn run(
     namespace: String,
     args: SyncArgs,
     metrics: SyncMetrics,
+    base_metrics: Metrics,
     term: CancellationToken,
 ) -> anyhow::Result<()> {
     if !args.secret_sync {
         return Ok(());
     }
-    let mut background = JoinSet::new();
-
     // SecretProviders: read through a guard so one object that does not match the schema is
     // reported on its status and does not stop the watch.
-    let (providers_reader, providers_writer) = reflector::store::<Guarded>();
-    let providers_stream = reflector::reflector(
-        providers_writer,
-        watch(Api::<Guarded>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .applied_objects();
+    let (providers, provider_changes) = reflect::store_and_applied(
+        "SecretProviders",
+        Api::<Guarded>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let (namespaces, keep_namespaces) = reflect::store(
+        "Namespaces",
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        watcher::Config::default(),
+    );
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         stores: Stores::new(
-            providers_reader.clone(),
+            providers.clone(),
             secret_stores::Context {
                 client: client.clone(),
                 namespace,
                 timeout: args.sync_store_timeout,
             },
         ),
-        namespaces: {
-            let (reader, writer) = reflector::store();
-            let stream = reflector::reflector(
-                writer,
-                watch(
-                    Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-                    watcher::Config::default(),
-                ),
-            )
-            .default_backoff();
-            background.spawn(drain("namespaces", stream));
-            reader
-        },
+        namespaces,
         coalescer: coalesce::Coalescer::new(args.sync_coalesce_window),
         recorder: Recorder::new(
             client.clone(),
             Reporter {
-                controller: "phylax-operator".into(),
+                controller: OPERATOR_MANAGER.into(),
                 instance: std::env::var("HOSTNAME").ok(),
             },
         ),
         metrics,
         slots: Semaphore::new(args.sync_concurrency.into()),
-        current: Mutex::new(HashMap::new()),
+        progress: Mutex::new(HashMap::new()),
+        policy: ErrorPolicy::new(
+            "secret-sync",
+            &base_metrics,
+            Duration::from_secs(1),
+            args.sync_retry_max,
+        ),
         retry_max: args.sync_retry_max,
     });
-    {
+    // A provider whose spec changed is checked (and its status written) once.
+    let check_providers = {
         let ctx = ctx.clone();
-        background.spawn(async move {
-            let mut stream = std::pin::pin!(providers_stream);
-            while let Some(item) = stream.next().await {
-                match item {
-                    Ok(sp) => ctx.stores.check(&sp).await,
-                    Err(e) => tracing::warn!(error = %e, "watching SecretProviders failed; retrying"),
-                }
-            }
-        });
-    }
+        provider_changes.for_each(move |sp| {
+            let ctx = ctx.clone();
+            async move { ctx.stores.check(&sp).await }
+        })
+    };
+    let mut background = JoinSet::new();
+    background.spawn(check_providers);
+    background.spawn(keep_namespaces);
     // Syncs need the providers and the namespaces' labels.
     tokio::select! {
-        ready = async { tokio::try_join!(providers_reader.wait_until_ready(), ctx.namespaces.wait_until_ready()) } => {
-            ready.map_err(|e| anyhow::anyhow!("secret sync: {e}"))?;
+        listed = async { wait_listed(&providers).await && wait_listed(&ctx.namespaces).await } => {
+            if !listed {
+                anyhow::bail!("secret sync: the SecretProvider or Namespace watch ended");
+            }
         }
         _ = term.cancelled() => return Ok(()),
     }
 
-    let mut sources: Vec<SeenStream> = vec![Box::pin(
-        watch(
+    // One controller per kind of object that asks; each sees only the objects that carry the
+    // annotation, and only when it appears or changes.
+    let config = controller::Config::default().concurrency(args.sync_concurrency);
+    let mut controllers: JoinSet<()> = JoinSet::new();
+    {
+        let (store, changes) = requesters(
             Api::<PartialObjectMeta<Pod>>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .map(|ev| ev.map(|ev| seen(Kind::Pod, ev, triggers::from_pod, |p| p.metadata.uid.clone()))),
-    )];
-    for kind in Kind::WORKLOADS {
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &kind.resource());
-        sources.push(Box::pin(
-            watch(api, watcher::Config::default())
-                .default_backoff()
-                .map(move |ev| {
-                    ev.map(|ev| {
-                        seen(
-                            kind,
-                            ev,
-                            |o| triggers::from_workload(kind, o),
-                            |o| o.metadata.uid.clone(),
-                        )
-                    })
-                }),
-        ));
-    }
-    let mut seen_stream = futures::stream::select_all(sources);
-
-    tracing::info!("secret sync started");
-    let (tx, mut rx) = mpsc::unbounded_channel::<Work>();
-    let mut relisting: HashMap<Kind, HashSet<String>> = HashMap::new();
-    let mut tasks: JoinSet<()> = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = term.cancelled() => break,
-            item = seen_stream.next() => match item {
-                None => anyhow::bail!("the pod and workload watches ended"),
-                Some(Err(e)) => tracing::warn!(error = %e, "watching pods or workloads failed; retrying"),
-                Some(Ok(Seen::Relist(kind))) => { relisting.insert(kind, HashSet::new()); }
-                Some(Ok(Seen::Listed(kind))) => {
-                    // Forget objects of this kind that the new list no longer has.
-                    if let Some(listed) = relisting.remove(&kind) {
-                        ctx.current
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .retain(|uid, (k, _)| *k != kind || listed.contains(uid));
-                    }
-                }
-                Some(Ok(Seen::Deleted { uid })) => {
-                    ctx.current.lock().unwrap_or_else(|p| p.into_inner()).remove(&uid);
-                }
-                Some(Ok(Seen::Object { kind, uid, trigger })) => {
-                    if let Some(listed) = relisting.get_mut(&kind) {
-                        listed.insert(uid.clone());
-                    }
-                    let mut current = ctx.current.lock().unwrap_or_else(|p| p.into_inner());
-                    match trigger {
-                        None => {
-                            current.remove(&uid);
-                        }
-                        Some(trigger) => {
-                            let hash = annotation_hash(&trigger.annotation);
-                            if current.insert(uid, (kind, hash)).map(|(_, h)| h) != Some(hash) {
-                                let work = Work {
-                                    trigger,
-                                    only: None,
-                                    backoff: Backoff::new(Duration::from_secs(1), ctx.retry_max),
-                                };
-                                tasks.spawn(process(ctx.clone(), work, tx.clone(), term.clone()));
-                            }
-                        }
-                    }
-                }
+            (),
+            |p: &PartialObjectMeta<Pod>| {
+                p.metadata
+                    .annotations
+                    .as_ref()?
+                    .get(ANNOTATION)
+                    .map(String::as_str)
             },
-            Some(work) = rx.recv() => {
-                tasks.spawn(process(ctx.clone(), work, tx.clone(), term.clone()));
+        );
+        let ctx = ctx.clone();
+        let run = Controller::for_stream(changes, store)
+            .with_config(config.clone())
+            .graceful_shutdown_on(term.clone().cancelled_owned())
+            .run(
+                |pod, ctx: Arc<Ctx>| async move {
+                    let trigger = triggers::from_pod(&pod);
+                    reconcile(pod, trigger, ctx).await
+                },
+                error_policy,
+                ctx,
+            )
+            .for_each(log_controller_error("secret-sync"));
+        controllers.spawn(run);
+    }
+    for kind in Kind::WORKLOADS {
+        let resource = kind.resource();
+        let (store, changes) = requesters(
+            Api::<DynamicObject>::all_with(client.clone(), &resource),
+            resource.clone(),
+            triggers::workload_annotation,
+        );
+        let run = Controller::for_stream_with(changes, store, resource)
+            .with_config(config.clone())
+            .graceful_shutdown_on(term.clone().cancelled_owned())
+            .run(
+                move |obj, ctx: Arc<Ctx>| async move {
+                    let trigger = triggers::from_workload(kind, &obj);
+                    reconcile(obj, trigger, ctx).await
+                },
+                error_policy,
+                ctx.clone(),
+            )
+            .for_each(log_controller_error("secret-sync"));
+        controllers.spawn(run);
+    }
+    tracing::info!("secret sync started");
+    tokio::select! {
+        _ = term.cancelled() => {}
+        _ = controllers.join_next() => {
+            if !term.is_cancelled() {
+                anyhow::bail!("a secret-sync controller stopped unexpectedly");
             }
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
-    tasks.shutdown().await;
+    // Each controller finishes its reconciles in flight, then stops.
+    while controllers.join_next().await.is_some() {}
     background.shutdown().await;
     tracing::info!("secret sync stopped");
     Ok(())
 }
 
-fn seen<K>(
-    kind: Kind,
-    ev: Event<K>,
-    trigger: impl Fn(&K) -> Option<Trigger>,
-    uid: impl Fn(&K) -> Option<String>,
-) -> Seen {
-    match ev {
-        Event::Init => Seen::Relist(kind),
-        Event::InitDone => Seen::Listed(kind),
-        Event::Apply(o) | Event::InitApply(o) => Seen::Object {
-            kind,
-            uid: uid(&o).unwrap_or_default(),
-            trigger: trigger(&o),
-        },
-        Event::Delete(o) => Seen::Deleted {
-            uid: uid(&o).unwrap_or_default(),
-        },
+/// The objects of `api` that ask for secrets, as a store and the stream of those whose
+/// annotation is new or changed. Objects without the annotation never enter the store (memory
+/// follows the objects that ask, not the cluster's size); one whose annotation is removed leaves
+/// it. Managed fields are dropped: nothing here reads them.
+fn requesters<K>(
+    api: Api<K>,
+    dyntype: K::DynamicType,
+    asks: fn(&K) -> Option<&str>,
+) -> (
+    reflector::Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let writer = reflector::store::Writer::new(dyntype);
+    let reader = writer.as_reader();
+    let changes = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .filter_map(move |event| {
+            std::future::ready(match event {
+                Ok(event) => only_requesters(event, asks).map(Ok),
+                Err(e) => Some(Err(e)),
+            })
+        })
+        .modify(|o| o.meta_mut().managed_fields = None)
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            move |o: &K| asks(o).map(hash_str),
+            PredicateConfig::default().ttl(ANNOTATION_MEMORY),
+        );
+    (reader, changes)
+}
+
+/// Keeps the watch events of objects that ask; an object that stopped asking is deleted from
+/// the store's point of view.
+fn only_requesters<K>(event: watcher::Event<K>, asks: fn(&K) -> Option<&str>) -> Option<watcher::Event<K>> {
+    match event {
+        watcher::Event::Apply(o) if asks(&o).is_none() => Some(watcher::Event::Delete(o)),
+        watcher::Event::InitApply(o) if asks(&o).is_none() => None,
+        other => Some(other),
     }
 }
 
-async fn drain<S: Stream<Item = Result<T, watcher::Error>>, T>(what: &'static str, stream: S) {
-    let mut stream = std::pin::pin!(stream);
-    while let Some(item) = stream.next().await {
-        if let Err(e) = item {
-            tracing::warn!(error = %e, "watching {what} failed; retrying");
-        }
+fn error_policy<K: kube::Resource>(obj: Arc<K>, error: &Retry, ctx: Arc<Ctx>) -> Action {
+    ctx.policy.failed(obj.as_ref(), error)
+}
+
+async fn reconcile<K: kube::Resource>(
+    obj: Arc<K>,
+    trigger: Option<Trigger>,
+    ctx: Arc<Ctx>,
+) -> Result<Action, Retry> {
+    // Without a trigger the object stopped asking (or lacks a name or uid): nothing to do.
+    let result = match trigger {
+        Some(t) => sync(&t, &ctx).await,
+        None => Ok(()),
+    };
+    if result.is_ok() {
+        ctx.policy.succeeded(obj.as_ref());
     }
+    result.map(|()| Action::await_change())
 }
 
 impl Ctx {
-    fn is_current(&self, t: &Trigger) -> bool {
-        self.current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&t.uid)
-            .is_some_and(|(_, h)| *h == annotation_hash(&t.annotation))
-    }
-
     async fn publish(&self, t: &Trigger, type_: EventType, reason: &str, note: String) {
         let mut note = note;
         if note.len() > 1000 {
@@ -331,14 +354,45 @@ impl Ctx {
             tracing::warn!(object = t.describe(), reason, error = %e, "cannot publish an event");
         }
     }
+
+    fn progress(&self) -> std::sync::MutexGuard<'_, HashMap<String, Progress>> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The Secrets already written for this version of the object's annotation.
+    fn done(&self, t: &Trigger) -> HashSet<String> {
+        let hash = hash_str(&t.annotation);
+        self.progress()
+            .get(&t.uid)
+            .filter(|p| p.annotation == hash)
+            .map(|p| p.done.clone())
+            .unwrap_or_default()
+    }
+
+    /// Records what is done after a partial failure; forgets the object once all is done.
+    fn record(&self, t: &Trigger, done: HashSet<String>, complete: bool) {
+        let mut progress = self.progress();
+        if complete {
+            progress.remove(&t.uid);
+            return;
+        }
+        // Objects deleted while they were being retried are never reconciled again.
+        let horizon = self.retry_max.saturating_mul(4);
+        progress.retain(|_, p| p.since.elapsed() < horizon);
+        progress.insert(
+            t.uid.clone(),
+            Progress {
+                annotation: hash_str(&t.annotation),
+                done,
+                since: Instant::now(),
+            },
+        );
+    }
 }
 
-/// Syncs one object's requests; schedules a retry of the transient failures.
-async fn process(ctx: Arc<Ctx>, mut work: Work, retry: mpsc::UnboundedSender<Work>, term: CancellationToken) {
-    if !ctx.is_current(&work.trigger) {
-        return;
-    }
-    let t = &work.trigger;
+/// Syncs one object's requests; the transient failures make it an error, so the object is
+/// retried (only those requests) after its backoff.
+async fn sync(t: &Trigger, ctx: &Ctx) -> Result<(), Retry> {
     let requests = match sync_annotation::parse(&t.annotation) {
         Ok(r) => r,
         Err(why) => {
@@ -357,22 +411,22 @@ async fn process(ctx: Arc<Ctx>, mut work: Work, retry: mpsc::UnboundedSender<Wor
                 })
                 .inc();
             ctx.publish(t, EventType::Warning, e.reason(), e.message()).await;
-            return;
+            return Ok(());
         }
     };
-    let Ok(slot) = ctx.slots.acquire().await else {
-        return;
+    let Ok(_slot) = ctx.slots.acquire().await else {
+        return Ok(());
     };
-    let mut failed = HashSet::new();
-    let mut retry_after = None;
-    for req in requests.iter().filter(|r| {
-        work.only
-            .as_ref()
-            .is_none_or(|only| only.contains(&r.secret_name))
-    }) {
+    let mut done = ctx.done(t);
+    let mut failed: Option<Retry> = None;
+    let todo: Vec<&SyncRequest> = requests
+        .iter()
+        .filter(|r| !done.contains(&r.secret_name))
+        .collect();
+    for req in todo {
         ctx.metrics.in_flight.inc();
         let started = Instant::now();
-        let (kind, result) = sync_one(&ctx, &t.namespace, req).await;
+        let (kind, result) = sync_one(ctx, &t.namespace, req).await;
         ctx.metrics.in_flight.dec();
         ctx.metrics
             .duration
@@ -412,6 +466,7 @@ async fn process(ctx: Arc<Ctx>, mut work: Work, retry: mpsc::UnboundedSender<Wor
                     req.secret_name, req.provider, req.path
                 );
                 ctx.publish(t, EventType::Normal, "SecretSynced", note).await;
+                done.insert(req.secret_name.clone());
             }
             Err(e) => {
                 tracing::warn!(
@@ -423,23 +478,24 @@ async fn process(ctx: Arc<Ctx>, mut work: Work, retry: mpsc::UnboundedSender<Wor
                 );
                 ctx.publish(t, EventType::Warning, e.reason(), e.message()).await;
                 if e.is_transient() {
-                    failed.insert(req.secret_name.clone());
-                    retry_after = retry_after.max(e.retry_after());
+                    let retry = failed.get_or_insert(Retry {
+                        failed: 0,
+                        label: e.result(),
+                        retry_after: None,
+                    });
+                    retry.failed += 1;
+                    retry.retry_after = retry.retry_after.max(e.retry_after());
+                } else {
+                    // Reported; it waits for a person (a new annotation or rollout).
+                    done.insert(req.secret_name.clone());
                 }
             }
         }
     }
-    // The slot is for syncing, not for waiting to retry.
-    drop(slot);
-    if failed.is_empty() {
-        return;
-    }
-    let delay = work.backoff.next_delay().max(retry_after.unwrap_or_default());
-    tracing::info!(object = work.trigger.describe(), retry_in = ?delay, "secret sync will retry");
-    work.only = Some(failed);
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => { let _ = retry.send(work); }
-        _ = term.cancelled() => {}
+    ctx.record(t, done, failed.is_none());
+    match failed {
+        Some(retry) => Err(retry),
+        None => Ok(()),
     }
 }
 

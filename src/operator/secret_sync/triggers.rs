@@ -89,13 +89,17 @@ pub fn from_pod(pod: &PartialObjectMeta<k8s_openapi::api::core::v1::Pod>) -> Opt
     })
 }
 
-/// A workload whose pod template asks for secrets.
-pub fn from_workload(kind: Kind, obj: &DynamicObject) -> Option<Trigger> {
-    let annotation = obj
-        .data
+/// The annotation of a workload's pod template, if it is text.
+pub fn workload_annotation(obj: &DynamicObject) -> Option<&str> {
+    obj.data
         .pointer("/spec/template/metadata/annotations")?
         .get(ANNOTATION)?
-        .as_str()?;
+        .as_str()
+}
+
+/// A workload whose pod template asks for secrets.
+pub fn from_workload(kind: Kind, obj: &DynamicObject) -> Option<Trigger> {
+    let annotation = workload_annotation(obj)?;
     Some(Trigger {
         kind,
         namespace: obj.metadata.namespace.clone()?,
