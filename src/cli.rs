@@ -36,7 +36,7 @@ fn roles_help() -> String {
 // Parsed once at start-up and consumed: the size of the operator's arguments does not matter.
 #[allow(clippy::large_enum_variant)]
 pub enum Command {
-    /// Run the controllers (secret sync, profiles, ephemeral data, tokenization, webhook CA)
+    /// Run the controllers (secret sync, profile status, webhook certificates)
     #[cfg(feature = "operator")]
     Operator(crate::operator::Args),
     /// Run the admission webhook server
@@ -48,7 +48,7 @@ pub enum Command {
     /// Run the per-node agent (security profiles on this node)
     #[cfg(feature = "node-agent")]
     NodeAgent(crate::node_agent::Args),
-    /// Run the tokenization service
+    /// Run the tokenization role (admin endpoints only in this version)
     #[cfg(feature = "tokenizer")]
     Tokenizer(crate::tokenizer::Args),
     /// Print version, git commit and the features compiled in

@@ -12,8 +12,6 @@ pub mod webhooks;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 /// Every CRD of this build, in a stable order.
-///
-/// The ephemeral kinds and `TokenShield` arrive with their features.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     use kube::CustomResourceExt;
     vec![

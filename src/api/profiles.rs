@@ -84,6 +84,19 @@ pub struct SeccompProfileSpec {
     /// move over unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled: Option<bool>,
+    /// Used: the unix socket to which a runtime with seccomp-notify support (runc 1.1 and later)
+    /// hands the notification descriptor of `SCMP_ACT_NOTIFY` rules; written into the installed
+    /// profile as the OCI field of the same name. From the Security Profiles Operator's spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener_path: Option<String>,
+    /// Used: opaque data the runtime passes to the listener with the descriptor; written into the
+    /// installed profile with `listenerPath`. From the Security Profiles Operator's spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener_metadata: Option<String>,
+    /// Ignored: accepted so the Security Profiles Operator's profiles move over by changing only
+    /// their apiVersion. Phylax binds profiles to workloads with a ProfileBinding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_workload: Option<String>,
 }
 
 impl SeccompProfileSpec {
@@ -422,6 +435,36 @@ pub fn profiles_used(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// kubectl validates against the CRD's schema: every field of SPO's SeccompProfile spec must
+    /// be in it, or SPO's own profiles are refused (`unknown field "targetWorkload"`).
+    #[test]
+    fn the_crd_schema_has_every_field_of_spos_seccomp_profile_spec() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(SeccompProfile::crd()).unwrap();
+        let spec =
+            &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        for field in [
+            "disabled",
+            "baseProfileName",
+            "defaultAction",
+            "architectures",
+            "listenerPath",
+            "listenerMetadata",
+            "syscalls",
+            "flags",
+            "targetWorkload",
+        ] {
+            assert!(spec.get(field).is_some(), "{field} missing from {spec}");
+            let description = spec[field]["description"].as_str().unwrap_or_default();
+            if ["listenerPath", "listenerMetadata", "targetWorkload"].contains(&field) {
+                assert!(
+                    description.starts_with("Used:") || description.starts_with("Ignored:"),
+                    "{field} must say whether Phylax uses it: {description:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn spo_profiles_deserialize_unchanged() {

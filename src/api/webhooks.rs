@@ -2,6 +2,13 @@
 //! `phylax manifests` renders the webhook configurations from this list, and the webhook role
 //! serves a handler for each entry (a test keeps the two in step).
 
+/// The Validating- and MutatingWebhookConfiguration, whose caBundle the operator keeps current.
+pub const CONFIGURATION_NAME: &str = "phylax";
+/// The webhook's serving certificate (kubernetes.io/tls), mounted by the webhook pods.
+pub const TLS_SECRET: &str = "phylax-webhook-tls";
+/// The CA that signs it, kept by the operator in its namespace.
+pub const CA_SECRET: &str = "phylax-webhook-ca";
+
 /// One admission rule: these operations on these resources.
 pub struct Rule {
     pub groups: &'static [&'static str],

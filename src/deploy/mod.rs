@@ -33,7 +33,6 @@ use serde_json::Value;
 use crate::role::Role;
 
 pub use operator::OPERATOR_LEASE;
-pub use webhook::{CONFIGURATION_NAME as WEBHOOK_CONFIGURATION, WEBHOOK_TLS_SECRET};
 
 #[derive(Debug, Args)]
 pub struct ManifestArgs {

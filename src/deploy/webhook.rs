@@ -23,12 +23,11 @@ use crate::role::Role;
 
 /// The webhook's serving certificate (kubernetes.io/tls), re-read when the kubelet updates the
 /// volume.
-pub const WEBHOOK_TLS_SECRET: &str = "phylax-webhook-tls";
+pub use crate::api::webhooks::TLS_SECRET as WEBHOOK_TLS_SECRET;
 /// The Secrets the operator keeps for the webhook: its CA and the serving certificate.
-pub(super) const WEBHOOK_SECRETS: [&str; 2] = ["phylax-webhook-ca", WEBHOOK_TLS_SECRET];
+pub(super) const WEBHOOK_SECRETS: [&str; 2] = [crate::api::webhooks::CA_SECRET, WEBHOOK_TLS_SECRET];
 /// The name of both webhook configurations, whose caBundle the operator keeps current.
-/// The Validating- and MutatingWebhookConfiguration, whose caBundle the operator keeps current.
-pub const CONFIGURATION_NAME: &str = "phylax";
+pub use crate::api::webhooks::CONFIGURATION_NAME;
 const WEBHOOK_TLS_DIR: &str = "/etc/phylax/webhook-tls";
 const WEBHOOK_PORT: i32 = 8443;
 const SERVICE_PORT: i32 = 443;

@@ -6,10 +6,15 @@
 //! known interoperability gap, also hit by other Rust KMS plugins and CSI drivers).
 //!
 //! `FixedConn` wraps each accepted socket for the gRPC server. What the client sends passes
-//! through the `Rewriter`, which forwards every frame untouched except request header blocks: it
-//! decodes them with the client's HPACK state and re-encodes them for the server, replacing an
-//! invalid authority with `localhost`. Nothing is buffered beyond one frame (or one header block),
-//! and malformed input closes the connection. The server's replies are written straight through.
+//! through the `Rewriter`, which forwards every frame untouched except request header blocks. In
+//! those it splices, without decoding the rest, each literal `:authority` whose value is not a
+//! valid authority: the value is replaced by `x` repeated to the same length, sent as a plain
+//! (non-Huffman) string. Same-length values keep the server's HPACK dynamic table byte-for-byte in
+//! step with the client's, so no other header needs re-encoding, and later requests that refer to
+//! the entry by index get the valid value too. If a connection's first request already carries a
+//! valid authority (API servers from 1.32), the rest of it passes through unparsed. Nothing is
+//! buffered beyond one frame (or one header block), and malformed input closes the connection. The
+//! server's replies are written straight through.
 
 use std::io;
 use std::pin::Pin;

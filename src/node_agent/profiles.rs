@@ -542,3 +542,149 @@ async fn load_apparmor(obj: &Arc<GuardedAppArmor>, ctx: &AppArmorCtx) -> Result<
     }
     Ok(Action::await_change())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::api_mock::{self, ApiServer};
+    use crate::runtime::metrics::Metrics;
+    use http::Method;
+    use kube::runtime::reflector;
+    use serde_json::json;
+
+    const PROFILE_URL: &str = "/apis/profiles.phylax.dev/v1alpha1/seccompprofiles/web";
+    const REPORT_URL: &str = "/apis/profiles.phylax.dev/v1alpha1/profilenodestatuses/seccomp.web.node-1";
+
+    fn ctx(client: Client, root: &std::path::Path) -> SeccompCtx {
+        let metrics = Metrics::new("test");
+        let dir = ProfileDir::new(root);
+        dir.prepare().unwrap();
+        let shared = Arc::new(Shared {
+            client: client.clone(),
+            node: "node-1".into(),
+            pods: reflector::store().0,
+            dir,
+            apparmor: Support::Unsupported("not in this test".into()),
+            metrics: ProfileMetrics::register(&metrics, "node-1"),
+            reports: Reports::new(client, "node-1".into()),
+            api_slots: tokio::sync::Semaphore::new(4),
+            policy: ErrorPolicy::standard("node-profiles", &metrics),
+        });
+        SeccompCtx {
+            shared,
+            profiles: reflector::store().0,
+            trigger: tokio::sync::mpsc::unbounded_channel().0,
+            outcome: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn profile(spec: serde_json::Value) -> Arc<GuardedSeccomp> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "profiles.phylax.dev/v1alpha1", "kind": "SeccompProfile",
+                "metadata": {"name": "web", "uid": "u-1", "generation": 2, "resourceVersion": "10"},
+                "spec": spec,
+            }))
+            .unwrap(),
+        )
+    }
+
+    /// Answers the report's create and its status; returns the status sent.
+    async fn report(server: &mut ApiServer) -> serde_json::Value {
+        let create = server.next().await;
+        create.expect(Method::PATCH, REPORT_URL);
+        assert_eq!(create.query("fieldManager").as_deref(), Some("phylax-node-agent"));
+        assert_eq!(create.body["spec"]["nodeName"], "node-1");
+        assert_eq!(create.body["metadata"]["ownerReferences"][0]["uid"], "u-1");
+        let mut object = create.body.clone();
+        create.ok(object.clone());
+        let status = server.next().await;
+        status.expect(Method::PATCH, &format!("{REPORT_URL}/status"));
+        let sent = status.body["status"].clone();
+        object["status"] = sent.clone();
+        status.ok(object);
+        sent
+    }
+
+    #[tokio::test]
+    async fn a_valid_profile_is_written_then_held_by_this_nodes_finalizer_and_reported() {
+        let root = tempfile::tempdir().unwrap();
+        let (client, mut server) = api_mock::client();
+        let ctx = ctx(client, root.path());
+        let obj = profile(json!({
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "syscalls": [{"names": ["read", "write", "exit_group"], "action": "SCMP_ACT_ALLOW"}],
+        }));
+        let script = tokio::spawn(async move {
+            let finalizer = server.next().await;
+            finalizer.expect(Method::PATCH, PROFILE_URL);
+            assert_eq!(
+                finalizer.body[1],
+                json!({"op": "add", "path": "/metadata/finalizers", "value": ["node.profiles.phylax.dev/node-1"]})
+            );
+            finalizer.ok(json!({
+                "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                "metadata": {"name": "web", "finalizers": ["node.profiles.phylax.dev/node-1"]},
+            }));
+            let status = report(&mut server).await;
+            server.no_more_calls().await;
+            status
+        });
+        let action = install_seccomp(&obj, &ctx).await.expect("reconcile");
+        assert_eq!(action, Action::await_change());
+        let status = script.await.unwrap();
+        assert_eq!(status["state"], "Installed");
+        assert_eq!(status["observedGeneration"], 2);
+        let path = ctx.shared.dir.path_of("web");
+        assert_eq!(status["path"], path.display().to_string());
+        let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(written["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(written["syscalls"][0]["names"][1], "write");
+    }
+
+    #[tokio::test]
+    async fn a_profile_that_does_not_compile_is_reported_and_never_written() {
+        let root = tempfile::tempdir().unwrap();
+        let (client, mut server) = api_mock::client();
+        let ctx = ctx(client, root.path());
+        let obj = profile(json!({
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "syscalls": [{"names": ["bogus_call"], "action": "SCMP_ACT_ALLOW"}],
+        }));
+        let script = tokio::spawn(async move {
+            // No finalizer: nothing was installed that would need removing.
+            let status = report(&mut server).await;
+            server.no_more_calls().await;
+            status
+        });
+        install_seccomp(&obj, &ctx).await.expect("reconcile");
+        let status = script.await.unwrap();
+        assert_eq!(status["state"], "Error");
+        assert!(
+            status["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("bogus_call"),
+            "{status}"
+        );
+        assert!(!ctx.shared.dir.path_of("web").exists());
+    }
+
+    #[tokio::test]
+    async fn an_api_failure_is_an_error_for_the_policy_and_the_file_stays() {
+        let root = tempfile::tempdir().unwrap();
+        let (client, mut server) = api_mock::client();
+        let ctx = ctx(client, root.path());
+        let obj = profile(json!({"defaultAction": "SCMP_ACT_ALLOW"}));
+        let script = tokio::spawn(async move {
+            server.next().await.fail(503, "ServiceUnavailable");
+        });
+        let err = install_seccomp(&obj, &ctx)
+            .await
+            .expect_err("a 503 was taken for success");
+        script.await.unwrap();
+        assert_eq!(err.label(), "kube");
+        // Written before the API call: pods can use it while the API server recovers.
+        assert!(ctx.shared.dir.path_of("web").exists());
+    }
+}

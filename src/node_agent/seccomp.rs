@@ -45,6 +45,11 @@ pub struct Resolved {
     pub syscalls: Vec<SyscallRule>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<String>,
+    /// The profile's own (not inherited): where seccomp-notify descriptors go, and what with them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listener_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listener_metadata: Option<String>,
 }
 
 /// Merges `name`'s spec over its bases'. `lookup` gives a profile's spec by name. The base's rules
@@ -101,6 +106,8 @@ pub fn resolve<'a>(
         architectures,
         syscalls,
         flags: flags.into_iter().collect(),
+        listener_path: own.listener_path.clone(),
+        listener_metadata: own.listener_metadata.clone(),
     })
 }
 
@@ -413,6 +420,23 @@ mod tests {
     }
 
     #[test]
+    fn the_security_profiles_operators_fields_are_accepted_and_listeners_installed() {
+        let spec = spec(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "targetWorkload": "nginx",
+            "listenerPath": "/run/seccomp-agent.socket",
+            "listenerMetadata": "profile=nginx",
+            "syscalls": [{"names": ["uname"], "action": "SCMP_ACT_NOTIFY"}],
+        }));
+        assert_eq!(spec.target_workload.as_deref(), Some("nginx"));
+        let resolved = resolve("nginx", |_| Some(&spec)).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&resolved.to_json()).unwrap();
+        assert_eq!(json["listenerPath"], "/run/seccomp-agent.socket");
+        assert_eq!(json["listenerMetadata"], "profile=nginx");
+        assert!(json.get("targetWorkload").is_none(), "{json}");
+    }
+
+    #[test]
     fn args_and_other_architectures_compile() {
         let r = Resolved {
             default_action: "SCMP_ACT_ALLOW".into(),
@@ -442,6 +466,8 @@ mod tests {
                 ],
             }],
             flags: vec![],
+            listener_path: None,
+            listener_metadata: None,
         };
         compile(&r).unwrap();
         let json: serde_json::Value = serde_json::from_slice(&r.to_json()).unwrap();

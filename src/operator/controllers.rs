@@ -1,5 +1,5 @@
-//! The controllers the leader runs. Each feature issue adds its controller here; each one runs
-//! until `term` is cancelled (leadership lost or shutdown) and is started again on re-election.
+//! The controllers the leader runs. Each one runs until `term` is cancelled (leadership lost or
+//! shutdown) and is started again on re-election.
 
 use kube::Client;
 use tokio::task::JoinSet;
@@ -31,6 +31,7 @@ pub fn start(
         client,
         settings.namespace.clone(),
         settings.webhook_certs.clone(),
+        metrics,
         term,
     ));
     tracing::info!(controllers = controllers.len(), "leading: controllers started");

@@ -71,3 +71,128 @@ fn json_patch(ops: serde_json::Value) -> Result<Patch<()>, kube::Error> {
         .map(Patch::Json)
         .map_err(kube::Error::SerdeError)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::api_mock::{self, ApiServer};
+    use http::Method;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::ObjectMeta;
+    use serde_json::{Value, json};
+
+    const URL: &str = "/api/v1/namespaces/ns/configmaps/cm";
+
+    fn object(finalizers: &[&str]) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some("cm".into()),
+                namespace: Some("ns".into()),
+                resource_version: Some("5".into()),
+                finalizers: Some(finalizers.iter().map(|f| f.to_string()).collect()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn metadata(finalizers: &[&str], version: &str) -> Value {
+        json!({
+            "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+            "metadata": {"name": "cm", "namespace": "ns", "resourceVersion": version, "finalizers": finalizers},
+        })
+    }
+
+    async fn run<F, Fut, T>(call: impl FnOnce(Api<ConfigMap>) -> T, script: F) -> <T as Future>::Output
+    where
+        T: Future,
+        F: FnOnce(ApiServer) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (client, server) = api_mock::client();
+        let server = tokio::spawn(script(server));
+        let out = call(Api::namespaced(client, "ns")).await;
+        server.await.expect("the scripted server panicked");
+        out
+    }
+
+    #[tokio::test]
+    async fn the_first_finalizer_is_added_under_a_version_test_and_a_lost_race_appends() {
+        let result = run(
+            |api| async move { add(&api, &object(&[]), "node.example/a").await },
+            |mut server| async move {
+                let patch = server.next().await;
+                patch.expect(Method::PATCH, URL);
+                assert_eq!(patch.content_type.as_deref(), Some("application/json-patch+json"));
+                assert_eq!(
+                    patch.body,
+                    json!([
+                        {"op": "test", "path": "/metadata/resourceVersion", "value": "5"},
+                        {"op": "add", "path": "/metadata/finalizers", "value": ["node.example/a"]},
+                    ])
+                );
+                // Another node added its finalizer first: the test fails.
+                patch.fail(422, "Invalid");
+                let get = server.next().await;
+                get.expect(Method::GET, URL);
+                get.ok(metadata(&["node.example/b"], "6"));
+                let append = server.next().await;
+                assert_eq!(
+                    append.body,
+                    json!([{"op": "add", "path": "/metadata/finalizers/-", "value": "node.example/a"}])
+                );
+                append.ok(metadata(&["node.example/b", "node.example/a"], "7"));
+                server.no_more_calls().await;
+            },
+        )
+        .await;
+        assert!(result.is_ok(), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn a_present_finalizer_is_not_added_again() {
+        let result = run(
+            |api| async move { add(&api, &object(&["node.example/a"]), "node.example/a").await },
+            |mut server| async move { server.no_more_calls().await },
+        )
+        .await;
+        assert!(result.is_ok());
+    }
+
+    #[tokio::test]
+    async fn removal_checks_the_entry_at_its_index_and_a_gone_object_is_fine() {
+        let result = run(
+            |api| async move { remove(&api, &object(&["x/other", "node.example/a"]), "node.example/a").await },
+            |mut server| async move {
+                let patch = server.next().await;
+                patch.expect(Method::PATCH, URL);
+                assert_eq!(
+                    patch.body,
+                    json!([
+                        {"op": "test", "path": "/metadata/finalizers/1", "value": "node.example/a"},
+                        {"op": "remove", "path": "/metadata/finalizers/1"},
+                    ])
+                );
+                patch.fail(404, "NotFound");
+            },
+        )
+        .await;
+        assert!(result.is_ok(), "{result:?}");
+        let result = run(
+            |api| async move { remove(&api, &object(&["x/other"]), "node.example/a").await },
+            |mut server| async move { server.no_more_calls().await },
+        )
+        .await;
+        assert!(result.is_ok());
+    }
+
+    #[tokio::test]
+    async fn other_errors_are_returned() {
+        let result = run(
+            |api| async move { remove(&api, &object(&["node.example/a"]), "node.example/a").await },
+            |mut server| async move { server.next().await.fail(403, "Forbidden") },
+        )
+        .await;
+        assert!(matches!(result, Err(kube::Error::Api(e)) if e.code == 403));
+    }
+}

@@ -5,6 +5,8 @@
 //! The ground floor: it imports nothing of Phylax but `role` and `version`.
 
 pub mod admin;
+#[cfg(all(test, feature = "k8s-client"))]
+pub mod api_mock;
 pub mod backoff;
 pub mod conditions;
 #[cfg(feature = "k8s-client")]

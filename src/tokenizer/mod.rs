@@ -1,5 +1,5 @@
-//! The `tokenizer` role. Only the shared runtime exists so far; the role's function is built by
-//! its own issue, and until then the role says so when it starts.
+//! The `tokenizer` role. Only the shared runtime (admin endpoints, shutdown) exists: the
+//! tokenization gateway is not built, and the role says so in its log when it starts.
 
 use crate::role::Role;
 use crate::runtime::RuntimeArgs;

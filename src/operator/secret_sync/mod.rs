@@ -595,3 +595,150 @@ async fn sync_one(
     .await;
     (kind, result)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::api_mock::{self, ApiServer};
+    use http::{Method, StatusCode};
+
+    fn ctx(client: Client, metrics: &Metrics) -> Ctx {
+        Ctx {
+            client: client.clone(),
+            stores: Stores::new(
+                reflector::store().0,
+                secret_stores::Context {
+                    client: client.clone(),
+                    namespace: "phylax-system".into(),
+                    timeout: Duration::from_secs(1),
+                },
+            ),
+            namespaces: reflector::store().0,
+            coalescer: coalesce::Coalescer::new(Duration::from_secs(1)),
+            recorder: Recorder::new(
+                client,
+                Reporter {
+                    controller: OPERATOR_MANAGER.into(),
+                    instance: None,
+                },
+            ),
+            metrics: SyncMetrics::register(metrics),
+            slots: Semaphore::new(1),
+            progress: Mutex::new(HashMap::new()),
+            policy: ErrorPolicy::standard("secret-sync", metrics),
+            retry_max: Duration::from_secs(60),
+        }
+    }
+
+    fn trigger(annotation: &str) -> Trigger {
+        Trigger {
+            kind: Kind::Pod,
+            namespace: "shop".into(),
+            name: "web-0".into(),
+            uid: "uid-1".into(),
+            annotation: annotation.into(),
+        }
+    }
+
+    /// Expects one event on the pod, answers it, and returns (type, reason, note).
+    async fn event(server: &mut ApiServer) -> (String, String, String) {
+        let call = server.next().await;
+        call.expect(Method::POST, "/apis/events.k8s.io/v1/namespaces/shop/events");
+        let body = call.body.clone();
+        assert_eq!(body["regarding"]["kind"], "Pod");
+        assert_eq!(body["regarding"]["name"], "web-0");
+        assert_eq!(body["regarding"]["uid"], "uid-1");
+        let text = |k: &str| body[k].as_str().unwrap_or_default().to_owned();
+        let out = (text("type"), text("reason"), text("note"));
+        call.respond(StatusCode::CREATED, body);
+        out
+    }
+
+    #[tokio::test]
+    async fn a_missing_provider_is_an_event_and_a_retry_of_that_request_only() {
+        let (client, mut server) = api_mock::client();
+        let metrics = Metrics::new("test");
+        let ctx = Arc::new(ctx(client, &metrics));
+        let annotation = "{provider: aws-prod, path: /prod/db, secretName: db}";
+        let syncing = tokio::spawn({
+            let ctx = ctx.clone();
+            async move { sync(&trigger(annotation), &ctx).await }
+        });
+        let (type_, reason, note) = event(&mut server).await;
+        assert_eq!(
+            (type_.as_str(), reason.as_str()),
+            ("Warning", "SecretProviderNotFound")
+        );
+        assert!(note.contains("aws-prod") && note.contains("will retry"), "{note}");
+        server.no_more_calls().await;
+        let retry = syncing.await.unwrap().unwrap_err();
+        assert_eq!((retry.failed, retry.label()), (1, "provider_not_ready"));
+        // The failed request is remembered as not done, for this version of the annotation.
+        assert!(ctx.done(&trigger(annotation)).is_empty());
+        assert!(ctx.progress().contains_key("uid-1"));
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                "phylax_secret_sync_syncs_total{provider=\"none\",result=\"provider_not_ready\"} 1"
+            ),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_malformed_annotation_is_reported_once_and_not_retried() {
+        let (client, mut server) = api_mock::client();
+        let ctx = Arc::new(ctx(client, &Metrics::new("test")));
+        let syncing = tokio::spawn({
+            let ctx = ctx.clone();
+            async move { sync(&trigger("{provider: [unclosed"), &ctx).await }
+        });
+        let (type_, reason, _) = event(&mut server).await;
+        assert_eq!(
+            (type_.as_str(), reason.as_str()),
+            ("Warning", "InvalidSyncAnnotation")
+        );
+        server.no_more_calls().await;
+        assert!(syncing.await.unwrap().is_ok());
+        assert!(ctx.progress().is_empty());
+    }
+
+    #[test]
+    fn objects_that_stop_asking_leave_the_store_and_others_never_enter_it() {
+        fn asks(cm: &k8s_openapi::api::core::v1::ConfigMap) -> Option<&str> {
+            cm.metadata
+                .annotations
+                .as_ref()?
+                .get(ANNOTATION)
+                .map(String::as_str)
+        }
+        let with = |a: Option<&str>| k8s_openapi::api::core::v1::ConfigMap {
+            metadata: kube::api::ObjectMeta {
+                name: Some("x".into()),
+                annotations: a.map(|a| [(ANNOTATION.to_owned(), a.to_owned())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(matches!(
+            only_requesters(watcher::Event::Apply(with(Some("a"))), asks),
+            Some(watcher::Event::Apply(_))
+        ));
+        assert!(matches!(
+            only_requesters(watcher::Event::Apply(with(None)), asks),
+            Some(watcher::Event::Delete(_))
+        ));
+        assert!(only_requesters(watcher::Event::InitApply(with(None)), asks).is_none());
+        assert!(matches!(
+            only_requesters(watcher::Event::InitApply(with(Some("a"))), asks),
+            Some(watcher::Event::InitApply(_))
+        ));
+        assert!(matches!(
+            only_requesters(
+                watcher::Event::<k8s_openapi::api::core::v1::ConfigMap>::InitDone,
+                asks
+            ),
+            Some(watcher::Event::InitDone)
+        ));
+    }
+}

@@ -6,8 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{ObjectRef, Store as Reflection};
@@ -15,6 +14,7 @@ use kube::{Api, Client, Resource};
 
 use super::outcome::SyncError;
 use crate::api::secret_provider::SecretProvider;
+use crate::runtime::conditions;
 use crate::runtime::ownership::OPERATOR_MANAGER as MANAGER;
 use crate::secret_stores::{self, Store, StoreError};
 
@@ -93,7 +93,7 @@ impl Stores {
                     seen.insert(name.clone(), generation);
                 }
                 let why = format!("the object does not match the schema: {}", invalid.error);
-                self.write_status(&name, None, None, (false, "InvalidSpec", &why), None)
+                self.write_status(&name, None, generation, (false, "InvalidSpec", &why), None)
                     .await;
                 return;
             }
@@ -229,6 +229,7 @@ impl Stores {
     }
 }
 
+/// A condition by the meta/v1 rule, with the store's message kept short and on one line.
 fn condition(
     previous: &[Condition],
     type_: &str,
@@ -237,18 +238,122 @@ fn condition(
     message: &str,
     generation: Option<i64>,
 ) -> Condition {
-    // The transition time moves only when the status does.
-    let since = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| Time(Timestamp::now()));
-    Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message: crate::secret_stores::brief(message),
-        observed_generation: generation,
-        last_transition_time: since,
+    conditions::condition(
+        previous,
+        type_,
+        status,
+        reason,
+        &crate::secret_stores::brief(message),
+        generation,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::api_mock;
+    use http::Method;
+    use kube::runtime::reflector;
+    use serde_json::json;
+
+    fn stores(client: Client) -> Stores {
+        Stores::new(
+            reflector::store().0,
+            crate::secret_stores::Context {
+                client,
+                namespace: "phylax-system".into(),
+                timeout: std::time::Duration::from_secs(1),
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn an_invalid_provider_is_reported_once_per_generation() {
+        let (client, mut server) = api_mock::client();
+        let stores = stores(client);
+        // `namespaces` must be an object: this one cannot be read as a SecretProvider.
+        let invalid: Guarded = serde_json::from_value(json!({
+            "apiVersion": "secrets.phylax.dev/v1alpha1", "kind": "SecretProvider",
+            "metadata": {"name": "broken", "generation": 3},
+            "spec": {"file": {"directory": "/x"}, "namespaces": 42},
+        }))
+        .unwrap();
+        assert!(invalid.0.is_err());
+        let script = tokio::spawn(async move {
+            let call = server.next().await;
+            call.expect(
+                Method::PATCH,
+                "/apis/secrets.phylax.dev/v1alpha1/secretproviders/broken/status",
+            );
+            assert_eq!(call.content_type.as_deref(), Some("application/apply-patch+yaml"));
+            assert_eq!(call.query("fieldManager").as_deref(), Some(MANAGER));
+            let status = &call.body["status"];
+            assert_eq!(status["observedGeneration"], 3);
+            let conditions = status["conditions"].as_array().cloned().unwrap_or_default();
+            let by_type = |t: &str| {
+                conditions
+                    .iter()
+                    .find(|c| c["type"] == t)
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            assert_eq!(by_type("Configured")["status"], "False");
+            assert_eq!(by_type("Configured")["reason"], "InvalidSpec");
+            assert!(
+                by_type("Configured")["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("does not match the schema"),
+                "{conditions:?}"
+            );
+            assert_eq!(by_type("Reachable")["status"], "Unknown");
+            assert_eq!(by_type("Ready")["status"], "False");
+            let body = call.body.clone();
+            call.ok(body);
+            // The same generation again: nothing is written (it would answer its own write).
+            server.no_more_calls().await;
+        });
+        stores.check(&invalid).await;
+        stores.check(&invalid).await;
+        script.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn reachability_is_written_only_when_it_changes() {
+        let (client, mut server) = api_mock::client();
+        let stores = stores(client);
+        let sp: SecretProvider = serde_json::from_value(json!({
+            "apiVersion": "secrets.phylax.dev/v1alpha1", "kind": "SecretProvider",
+            "metadata": {"name": "files", "generation": 1},
+            "spec": {"file": {"directory": "/x"}},
+        }))
+        .unwrap();
+        let script = tokio::spawn(async move {
+            for expected in ["False", "True"] {
+                let call = server.next().await;
+                call.expect(
+                    Method::PATCH,
+                    "/apis/secrets.phylax.dev/v1alpha1/secretproviders/files/status",
+                );
+                let conditions = call.body["status"]["conditions"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let reachable = conditions.iter().find(|c| c["type"] == "Reachable").cloned();
+                assert_eq!(reachable.map(|c| c["status"].clone()), Some(json!(expected)));
+                let body = call.body.clone();
+                call.ok(body);
+            }
+            server.no_more_calls().await;
+        });
+        let down = Err(StoreError::Unreachable("connection refused".into()));
+        stores.observe(&sp, &down).await;
+        stores.observe(&sp, &down).await;
+        // An answer that is not a secret (not found) still shows the store is there.
+        stores
+            .observe(&sp, &Err(StoreError::NotFound { path: "/a".into() }))
+            .await;
+        stores.observe(&sp, &Ok(())).await;
+        script.await.unwrap();
     }
 }

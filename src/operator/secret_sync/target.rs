@@ -144,3 +144,217 @@ fn write_error(e: kube::Error) -> SyncError {
         other => SyncError::Write(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::api_mock::{self, ApiServer};
+    use http::{Method, StatusCode};
+    use k8s_openapi::ByteString;
+    use serde_json::{Value, json};
+
+    const PATH_URL: &str = "/api/v1/namespaces/shop/secrets/db";
+
+    fn data() -> Data {
+        Data::from([("password".to_owned(), ByteString(b"s3cret".to_vec()))])
+    }
+
+    fn secret(labels: Value, annotations: Value, data: Value) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": "db", "namespace": "shop", "resourceVersion": "7",
+                         "labels": labels, "annotations": annotations},
+            "data": data,
+        })
+    }
+
+    fn ours(hash: &str, data: Value) -> Value {
+        secret(
+            json!({MANAGED_BY_LABEL: "phylax"}),
+            json!({PROVIDER: "aws-prod", PATH: "/prod/db", CONTENT_HASH: hash}),
+            data,
+        )
+    }
+
+    const MANAGED_BY_LABEL: &str = ownership::MANAGED_BY.0;
+
+    /// Runs a write against the scripted server; `script` plays the server's side.
+    async fn write_with<F, Fut>(script: F) -> Result<Written, SyncError>
+    where
+        F: FnOnce(ApiServer) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (client, server) = api_mock::client();
+        let server = tokio::spawn(script(server));
+        let api: Api<Secret> = Api::namespaced(client, "shop");
+        let result = Target {
+            api: &api,
+            namespace: "shop",
+            name: "db",
+            provider: "aws-prod",
+            path: "/prod/db",
+        }
+        .write(&data())
+        .await;
+        server.await.expect("the scripted server panicked");
+        result
+    }
+
+    fn expect_apply(call: &api_mock::Call) {
+        call.expect(Method::PATCH, PATH_URL);
+        assert_eq!(call.content_type.as_deref(), Some("application/apply-patch+yaml"));
+        assert_eq!(call.query("fieldManager").as_deref(), Some(MANAGER));
+        assert_eq!(call.query("force").as_deref(), Some("true"));
+    }
+
+    #[tokio::test]
+    async fn a_new_secret_is_created_then_filled_by_server_side_apply() {
+        let written = write_with(|mut api| async move {
+            let get = api.next().await;
+            get.expect(Method::GET, PATH_URL);
+            get.fail(404, "NotFound");
+
+            let create = api.next().await;
+            create.expect(Method::POST, "/api/v1/namespaces/shop/secrets");
+            assert_eq!(create.body["metadata"]["labels"][MANAGED_BY_LABEL], "phylax");
+            assert_eq!(create.body["metadata"]["annotations"][PROVIDER], "aws-prod");
+            let created = ours("", Value::Null);
+            create.respond(StatusCode::CREATED, created);
+
+            let apply = api.next().await;
+            expect_apply(&apply);
+            // The values go in the apply, with the resourceVersion just read as a precondition.
+            assert_eq!(apply.body["data"]["password"], "czNjcmV0");
+            assert_eq!(apply.body["metadata"]["resourceVersion"], "7");
+            assert_eq!(
+                apply.body["metadata"]["annotations"][CONTENT_HASH],
+                content_hash(&data())
+            );
+            let body = apply.body.clone();
+            apply.ok(body);
+            api.no_more_calls().await;
+        })
+        .await;
+        assert_eq!(written, Ok(Written::Created));
+    }
+
+    #[tokio::test]
+    async fn a_secret_phylax_did_not_create_is_left_alone() {
+        let written = write_with(|mut api| async move {
+            let get = api.next().await;
+            get.expect(Method::GET, PATH_URL);
+            get.ok(secret(
+                json!({"team": "shop"}),
+                json!({}),
+                json!({"password": "b3Vycw=="}),
+            ));
+            // Not a single write follows.
+            api.no_more_calls().await;
+        })
+        .await;
+        match written {
+            Err(SyncError::NotManaged { secret }) => assert_eq!(secret, "shop/db"),
+            other => panic!("expected NotManaged, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_secret_synced_from_another_source_is_not_overwritten() {
+        let written = write_with(|mut api| async move {
+            let get = api.next().await;
+            get.ok(secret(
+                json!({MANAGED_BY_LABEL: "phylax"}),
+                json!({PROVIDER: "vault", PATH: "/other"}),
+                json!({}),
+            ));
+            api.no_more_calls().await;
+        })
+        .await;
+        assert!(
+            matches!(&written, Err(SyncError::Conflict { source, .. }) if source.contains("vault")),
+            "{written:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn conflicts_are_read_again_and_retried() {
+        let written = write_with(|mut api| async move {
+            // Another writer creates the Secret between our read and our create...
+            api.next().await.fail(404, "NotFound");
+            let create = api.next().await;
+            create.expect(Method::POST, "/api/v1/namespaces/shop/secrets");
+            create.fail(409, "AlreadyExists");
+            // ...so it is read again, and our apply meets a changed resourceVersion once.
+            let get = api.next().await;
+            get.expect(Method::GET, PATH_URL);
+            get.ok(ours("old", json!({"password": "b2xk"})));
+            let apply = api.next().await;
+            expect_apply(&apply);
+            apply.fail(409, "Conflict");
+            api.next().await.ok(ours("old", json!({"password": "b2xk"})));
+            let apply = api.next().await;
+            expect_apply(&apply);
+            let body = apply.body.clone();
+            apply.ok(body);
+            api.no_more_calls().await;
+        })
+        .await;
+        assert_eq!(written, Ok(Written::Updated));
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_secret_is_not_written() {
+        let hash = content_hash(&data());
+        let written = write_with(|mut api| async move {
+            api.next().await.ok(ours(&hash, json!({"password": "czNjcmV0"})));
+            api.no_more_calls().await;
+        })
+        .await;
+        assert_eq!(written, Ok(Written::Unchanged));
+    }
+
+    #[tokio::test]
+    async fn a_hand_edited_value_is_put_back() {
+        let hash = content_hash(&data());
+        let written = write_with(|mut api| async move {
+            // Same hash annotation, but someone changed our key's value.
+            api.next().await.ok(ours(&hash, json!({"password": "ZWRpdGVk"})));
+            let apply = api.next().await;
+            expect_apply(&apply);
+            assert_eq!(apply.body["data"]["password"], "czNjcmV0");
+            let body = apply.body.clone();
+            apply.ok(body);
+        })
+        .await;
+        assert_eq!(written, Ok(Written::Updated));
+    }
+
+    #[tokio::test]
+    async fn api_errors_say_what_the_server_said_and_never_the_values() {
+        let written = write_with(|mut api| async move {
+            api.next().await.fail(403, "Forbidden");
+        })
+        .await;
+        let Err(SyncError::Write(why)) = written else {
+            panic!("expected a write error, got {written:?}")
+        };
+        assert!(why.contains("403") && why.contains("Forbidden"), "{why}");
+        assert!(!why.contains("s3cret") && !why.contains("czNjcmV0"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn a_secret_that_keeps_changing_gives_up_after_four_tries() {
+        let written = write_with(|mut api| async move {
+            for _ in 0..4 {
+                api.next().await.ok(ours("old", json!({})));
+                api.next().await.fail(409, "Conflict");
+            }
+            api.no_more_calls().await;
+        })
+        .await;
+        assert!(
+            matches!(&written, Err(SyncError::Write(why)) if why.contains("kept changing")),
+            "{written:?}"
+        );
+    }
+}

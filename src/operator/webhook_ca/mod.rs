@@ -3,7 +3,8 @@
 //! configurations current, renewing before expiry with an overlap in which both CAs are trusted
 //! (see `certs`). The webhook re-reads the mounted serving Secret, so nothing restarts.
 //!
-//! It reconciles on start and every `--webhook-certs-resync`; the Secrets are written with
+//! It reconciles on start and every `--webhook-certs-resync` (after a failure, sooner, backing off
+//! up to that period); the Secrets are written with
 //! server-side apply, and Secrets of those names that Phylax did not create are left alone.
 
 pub mod certs;
@@ -19,14 +20,14 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 
-use crate::deploy::WEBHOOK_CONFIGURATION;
-use crate::deploy::WEBHOOK_TLS_SECRET;
+use crate::api::webhooks::{CONFIGURATION_NAME as WEBHOOK_CONFIGURATION, TLS_SECRET as WEBHOOK_TLS_SECRET};
+use crate::runtime::backoff::Backoff;
 use crate::runtime::duration;
+use crate::runtime::metrics::{Metrics, ReconcileLabels};
 use crate::runtime::ownership::{self, MANAGED_BY, OPERATOR_MANAGER as MANAGER};
 use certs::{CaState, Pair, Serving};
 
-pub const CA_SECRET: &str = "phylax-webhook-ca";
-/// The webhook configurations whose caBundle the operator keeps current.
+pub use crate::api::webhooks::CA_SECRET;
 const NOT_AFTER: &str = "phylax.dev/not-after";
 const PREVIOUS_UNTIL: &str = "phylax.dev/previous-ca-until";
 const ISSUER: &str = "phylax.dev/issuer";
@@ -62,6 +63,7 @@ pub async fn run(
     client: Client,
     namespace: String,
     args: WebhookCertArgs,
+    metrics: Metrics,
     term: CancellationToken,
 ) -> anyhow::Result<()> {
     if !args.manage_webhook_certs {
@@ -78,18 +80,42 @@ pub async fn run(
         cert_validity: args.webhook_cert_validity,
         names,
     };
+    // A failed pass is retried sooner than the next resync, backing off up to it.
+    let retry = || Backoff::new(Duration::from_secs(1), args.webhook_certs_resync);
+    let mut backoff = retry();
     loop {
-        match reconcile(&client, &namespace, &settings).await {
-            Ok(changes) if !changes.is_empty() => {
-                tracing::info!(changes = ?changes, "webhook certificates updated")
+        let wait = match reconcile(&client, &namespace, &settings).await {
+            Ok(changes) => {
+                if !changes.is_empty() {
+                    tracing::info!(changes = ?changes, "webhook certificates updated");
+                }
+                backoff = retry();
+                args.webhook_certs_resync
             }
-            Ok(_) => {}
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "cannot reconcile the webhook certificates; retrying")
+                let label = if e.downcast_ref::<kube::Error>().is_some() {
+                    "kube"
+                } else {
+                    "certs"
+                };
+                metrics
+                    .reconcile_errors
+                    .get_or_create(&ReconcileLabels {
+                        controller: "webhook-certs".into(),
+                        error: label.into(),
+                    })
+                    .inc();
+                let wait = backoff.next_delay();
+                tracing::warn!(
+                    error = %format!("{e:#}"),
+                    retry_in_ms = wait.as_millis() as u64,
+                    "cannot reconcile the webhook certificates; retrying"
+                );
+                wait
             }
-        }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(args.webhook_certs_resync) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = term.cancelled() => return Ok(()),
         }
     }
@@ -284,4 +310,115 @@ async fn inject_bundle(client: &Client, bundle: &str) -> anyhow::Result<bool> {
         changed = true;
     }
     Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::api_mock::{self, ApiServer};
+    use http::Method;
+    use serde_json::json;
+
+    const NS: &str = "phylax-system";
+
+    fn settings() -> certs::Settings {
+        certs::Settings {
+            ca_validity: Duration::from_secs(365 * 86400),
+            cert_validity: Duration::from_secs(30 * 86400),
+            names: vec!["phylax-webhook.phylax-system.svc".into()],
+        }
+    }
+
+    async fn run<F, Fut>(script: F) -> anyhow::Result<Vec<&'static str>>
+    where
+        F: FnOnce(ApiServer) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (client, server) = api_mock::client();
+        let server = tokio::spawn(script(server));
+        let result = reconcile(&client, NS, &settings()).await;
+        server.await.expect("the scripted server panicked");
+        result
+    }
+
+    fn secret_url(name: &str) -> String {
+        format!("/api/v1/namespaces/{NS}/secrets/{name}")
+    }
+
+    fn config_url(kind: &str) -> String {
+        format!("/apis/admissionregistration.k8s.io/v1/{kind}/{WEBHOOK_CONFIGURATION}")
+    }
+
+    #[tokio::test]
+    async fn a_fresh_cluster_gets_a_ca_a_serving_certificate_and_the_bundle() {
+        let changes = run(|mut api| async move {
+            for name in [CA_SECRET, WEBHOOK_TLS_SECRET] {
+                let get = api.next().await;
+                get.expect(Method::GET, &secret_url(name));
+                get.fail(404, "NotFound");
+            }
+            for name in [CA_SECRET, WEBHOOK_TLS_SECRET] {
+                let apply = api.next().await;
+                apply.expect(Method::PATCH, &secret_url(name));
+                assert_eq!(apply.content_type.as_deref(), Some("application/apply-patch+yaml"));
+                assert_eq!(apply.query("fieldManager").as_deref(), Some(MANAGER));
+                assert_eq!(apply.body["metadata"]["labels"][MANAGED_BY.0], MANAGED_BY.1);
+                let keys: Vec<&str> = apply.body["data"]
+                    .as_object()
+                    .map(|d| d.keys().map(String::as_str).collect())
+                    .unwrap_or_default();
+                if name == CA_SECRET {
+                    assert_eq!(keys, ["ca.crt", "ca.key"]);
+                } else {
+                    assert_eq!(apply.body["type"], "kubernetes.io/tls");
+                    assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"]);
+                }
+                let body = apply.body.clone();
+                apply.ok(body);
+            }
+            // The validating configuration lacks the bundle on its one webhook; the mutating one
+            // is not installed.
+            let get = api.next().await;
+            get.expect(Method::GET, &config_url("validatingwebhookconfigurations"));
+            get.ok(json!({
+                "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+                "metadata": {"name": "phylax"},
+                "webhooks": [{"name": "sync.phylax.dev", "clientConfig": {}}],
+            }));
+            let patch = api.next().await;
+            patch.expect(Method::PATCH, &config_url("validatingwebhookconfigurations"));
+            assert_eq!(patch.content_type.as_deref(), Some("application/json-patch+json"));
+            assert_eq!(patch.body[0], json!({"op": "test", "path": "/webhooks/0/name", "value": "sync.phylax.dev"}));
+            assert_eq!(patch.body[1]["path"], "/webhooks/0/clientConfig/caBundle");
+            let bundle = patch.body[1]["value"].as_str().unwrap_or_default().to_owned();
+            assert!(!bundle.is_empty());
+            patch.ok(json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration", "metadata": {"name": "phylax"}}));
+            let get = api.next().await;
+            get.expect(Method::GET, &config_url("mutatingwebhookconfigurations"));
+            get.fail(404, "NotFound");
+            api.no_more_calls().await;
+        })
+        .await
+        .expect("reconcile");
+        assert!(changes.contains(&"updated the caBundle"), "{changes:?}");
+        assert!(changes.len() >= 2, "{changes:?}");
+    }
+
+    #[tokio::test]
+    async fn a_secret_of_the_same_name_made_by_someone_else_is_refused_not_overwritten() {
+        let result = run(|mut api| async move {
+            api.next().await.ok(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": CA_SECRET, "namespace": NS, "labels": {"owner": "cert-manager"}},
+                "data": {"ca.crt": "eA=="},
+            }));
+            api.no_more_calls().await;
+        })
+        .await;
+        let err = format!("{:#}", result.expect_err("a foreign Secret was accepted"));
+        assert!(
+            err.contains(CA_SECRET) && err.contains("--manage-webhook-certs=false"),
+            "{err}"
+        );
+    }
 }
