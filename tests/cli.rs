@@ -265,7 +265,7 @@ async fn runtime_serves_admin_endpoints_and_stops_on_sigterm() {
         assert_eq!(status, 200);
         assert!(metrics.contains(&format!("role=\"{role}\"")), "{metrics}");
         assert!(
-            metrics.contains("phylax_process_resident_memory_bytes"),
+            metrics.contains("\nprocess_resident_memory_bytes ") && !metrics.contains("phylax_process_"),
             "{metrics}"
         );
         assert!(p.has_log("serves only its admin endpoints"), "{:?}", p.logs());
