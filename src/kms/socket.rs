@@ -53,6 +53,33 @@ pub fn parse_group(s: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("no group named {s:?} in /etc/group; give a group name or numeric id"))
 }
 
+/// A directory only this process may enter, next to the socket's final path (same filesystem, so
+/// the rename is atomic); removed when dropped.
+struct Staging {
+    dir: PathBuf,
+}
+
+impl Staging {
+    fn create(parent: &Path, path: &Path) -> anyhow::Result<Staging> {
+        use std::os::unix::fs::DirBuilderExt;
+        let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        let dir = parent.join(format!(".{name}.{}.staging", std::process::id()));
+        // Left over by a plugin that crashed with this pid: ours to clear.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {} to set up the socket: {e}", dir.display()))?;
+        Ok(Staging { dir })
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A bound socket, removed when the plugin stops (if it is still the one we created).
 pub struct Socket {
     pub path: PathBuf,
@@ -89,18 +116,26 @@ impl Socket {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => anyhow::bail!("cannot inspect {}: {e}", path.display()),
         }
-        let listener = UnixListener::bind(path)
+        // Bound in a private directory, given its mode and group there, then renamed into place:
+        // the socket never exists at `path` with the default mode, so no one can connect in the
+        // moment between bind and chmod (a umask would be process-wide and racy with threads).
+        let staging = Staging::create(parent, path)?;
+        let staged = staging.dir.join("kms.sock");
+        let listener = UnixListener::bind(&staged)
             .map_err(|e| anyhow::anyhow!("cannot listen on unix socket {}: {e}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))
             .map_err(|e| anyhow::anyhow!("cannot set mode {mode:o} on {}: {e}", path.display()))?;
         if let Some(gid) = group {
-            std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| {
+            std::os::unix::fs::chown(&staged, None, Some(gid)).map_err(|e| {
                 anyhow::anyhow!(
                     "cannot give {} to group {gid}: {e}; run as root or as a member of that group",
                     path.display()
                 )
             })?;
         }
+        std::fs::rename(&staged, path)
+            .map_err(|e| anyhow::anyhow!("cannot move the socket into place at {}: {e}", path.display()))?;
+        drop(staging);
         let meta = std::fs::metadata(path)?;
         Ok(Socket {
             path: path.to_owned(),
@@ -145,6 +180,62 @@ mod tests {
         }
         let long = format!("unix:///{}", "a".repeat(120));
         assert!(parse_listen(&long).unwrap_err().contains("at most 107"));
+    }
+
+    /// Attack: a local process connects in the moment between bind and chmod, while the socket
+    /// still has the default mode. A watcher stats the path as fast as it can while the socket is
+    /// set up again and again; every time it sees the socket, the mode must already be final.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_socket_never_appears_with_another_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kms.sock");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let (path, stop) = (path.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut wrong = Vec::new();
+                let mut seen = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                        seen += 1;
+                        if meta.permissions().mode() & 0o777 != 0o600 {
+                            wrong.push(meta.permissions().mode() & 0o777);
+                        }
+                    }
+                }
+                (seen, wrong)
+            })
+        };
+        for _ in 0..300 {
+            let socket = Socket::bind(&path, 0o600, None).unwrap();
+            let identity = socket.identity;
+            drop(socket.listener);
+            Socket::remove(&path, identity);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (seen, wrong) = watcher.join().unwrap();
+        assert!(seen > 0, "the watcher never saw the socket");
+        assert!(
+            wrong.is_empty(),
+            "the socket was seen with modes {wrong:?} (decimal)"
+        );
+        // Nothing is left behind but the (removed) socket.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_final_socket_has_the_mode_and_group_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kms.sock");
+        let gid = std::fs::metadata(dir.path()).unwrap().gid();
+        let socket = Socket::bind(&path, 0o660, Some(gid)).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!((meta.permissions().mode() & 0o777, meta.gid()), (0o660, gid));
+        assert_eq!(socket.identity, (meta.dev(), meta.ino()));
+        // The staging directory is gone; clients reach the listener at the final path.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        std::os::unix::net::UnixStream::connect(&path).expect("connect");
     }
 
     #[test]
