@@ -309,7 +309,7 @@ pub struct ProfileRef {
 }
 
 /// Records the syscalls of the selected pods' containers into `SeccompProfile`s named
-/// `<recording>-<container>` when the pods end.
+/// `<namespace>.<recording>.<container>` when the pods end.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
 #[kube(
     group = "profiles.phylax.dev",

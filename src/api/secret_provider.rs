@@ -108,8 +108,13 @@ pub struct VaultKubernetesAuth {
     /// Mount path of the auth method (default `kubernetes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mount: Option<String>,
-    /// The operator's ServiceAccount token (default
-    /// `/var/run/secrets/kubernetes.io/serviceaccount/token`), re-read at each login.
+    /// The audience of the token the operator requests for Vault (default `vault`); the Vault
+    /// role's `audience` must be the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Refused: Phylax no longer logs in with a token read from a file. The operator requests a
+    /// short-lived token (TokenRequest API, 10 minutes, the audience above) for its dedicated
+    /// ServiceAccount `phylax-vault-auth`, which has no RBAC; bind the Vault role to that account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_path: Option<String>,
 }

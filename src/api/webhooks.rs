@@ -82,7 +82,8 @@ pub const WEBHOOKS: &[WebhookSpec] = &[
     },
 ];
 
-/// Label that takes a namespace or an object out of every Phylax webhook.
+/// Namespace label that takes a namespace out of every Phylax webhook. Only namespaces: a label on
+/// a pod is its author's to set, and would let any pod author switch enforcement off.
 pub const OPT_OUT_LABEL: &str = "phylax.dev/webhooks";
 pub const OPT_OUT_VALUE: &str = "disabled";
 /// With `phylax manifests --webhooks opt-in`, only namespaces labelled `phylax.dev/webhooks: enabled`.

@@ -82,6 +82,7 @@ pub fn manifests(args: &ManifestArgs) -> anyhow::Result<Vec<Value>> {
     }
 
     out.access(operator::access(ns))?;
+    out.push(&operator::vault_auth_account(ns))?;
     out.push(&operator::deployment(ns, image))?;
     out.push(&admin_service(ns, Role::Operator))?;
 
@@ -463,6 +464,19 @@ mod tests {
         );
     }
 
+    /// Only namespace labels, which administrators control, take objects out of a webhook: a pod
+    /// labelled `phylax.dev/webhooks: disabled` must still get its ProfileBinding's profile.
+    #[test]
+    fn no_webhook_can_be_switched_off_by_a_label_on_the_object() {
+        for kind in ["ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"] {
+            let objs = render_default();
+            let config = objs.iter().find(|o| o["kind"] == kind).expect(kind);
+            for hook in config["webhooks"].as_array().unwrap() {
+                assert!(hook.get("objectSelector").is_none(), "{kind}: {hook}");
+            }
+        }
+    }
+
     #[test]
     fn workloads_run_as_non_root_with_read_only_root() {
         let objs = render_default();
@@ -500,8 +514,26 @@ mod tests {
         let objs = render_default();
         for sa in objs.iter().filter(|o| o["kind"] == "ServiceAccount") {
             let name = sa["metadata"]["name"].as_str().unwrap();
-            assert_eq!(sa["automountServiceAccountToken"], true, "{name}");
+            // The Vault login account's tokens are requested one at a time, never mounted, and
+            // no role is bound to it.
+            let mounted = name != operator::VAULT_AUTH_ACCOUNT;
+            assert_eq!(sa["automountServiceAccountToken"], mounted, "{name}");
         }
+        assert!(
+            objs.iter()
+                .filter(|o| o["kind"] == "RoleBinding" || o["kind"] == "ClusterRoleBinding")
+                .all(|b| b["subjects"][0]["name"] != operator::VAULT_AUTH_ACCOUNT)
+        );
+        // The operator may mint tokens for that account alone.
+        let vault = objs
+            .iter()
+            .find(|o| o["metadata"]["name"] == "phylax-operator-vault-auth" && o["kind"] == "Role")
+            .expect("the operator's vault-auth Role");
+        assert_eq!(
+            vault["rules"],
+            serde_json::json!([{"apiGroups": [""], "resources": ["serviceaccounts/token"],
+                                "verbs": ["create"], "resourceNames": [operator::VAULT_AUTH_ACCOUNT]}])
+        );
         let roles: Vec<_> = objs
             .iter()
             .filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole")
@@ -560,6 +592,6 @@ mod tests {
                 "{rule}"
             );
         }
-        assert_eq!(roles.len(), 7);
+        assert_eq!(roles.len(), 8);
     }
 }

@@ -28,6 +28,8 @@ pub(super) fn access(ns: &str) -> Access {
                     &["get", "list", "watch", "patch"],
                 ),
                 rule("profiles.phylax.dev", &["seccompprofiles"], &["create", "update"]),
+                // A recorded pod's annotation is checked against its ProfileRecording.
+                rule("profiles.phylax.dev", &["profilerecordings"], &["get"]),
                 rule(
                     "profiles.phylax.dev",
                     &["profilenodestatuses"],

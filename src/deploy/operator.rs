@@ -2,10 +2,25 @@
 //! among its replicas.
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::PolicyRule;
 
 use super::webhook::{CONFIGURATION_NAME, WEBHOOK_SECRETS};
-use super::{Access, cluster_role, namespaced_role, rule, service_account, strings};
+use super::{Access, cluster_role, meta, namespaced_role, rule, service_account, strings};
+
+/// The ServiceAccount whose short-lived tokens log the operator in to Vault
+/// (`--vault-auth-service-account`'s default). It has no RBAC: a token sent to a wrong Vault
+/// address is worth nothing in the cluster.
+pub const VAULT_AUTH_ACCOUNT: &str = "phylax-vault-auth";
+
+/// The Vault login identity: no token mounted anywhere, no role bound.
+pub(super) fn vault_auth_account(ns: &str) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(ns, VAULT_AUTH_ACCOUNT, Role::Operator),
+        automount_service_account_token: Some(false),
+        ..Default::default()
+    }
+}
 use crate::role::Role;
 
 /// The lease the operator replicas elect their leader on; the operator's `--lease-name` default.
@@ -28,6 +43,16 @@ pub(super) fn access(ns: &str) -> Access {
                         ..rule("coordination.k8s.io", &["leases"], &["get", "update"])
                     },
                 ],
+            ),
+            // Short-lived tokens of the Vault login account, and of no other.
+            namespaced_role(
+                ns,
+                "phylax-operator-vault-auth",
+                role,
+                vec![PolicyRule {
+                    resource_names: Some(strings(&[VAULT_AUTH_ACCOUNT])),
+                    ..rule("", &["serviceaccounts/token"], &["create"])
+                }],
             ),
             // The webhook's CA and serving certificate in its own namespace...
             namespaced_role(

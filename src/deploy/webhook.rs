@@ -112,8 +112,9 @@ pub(super) fn service(ns: &str) -> Service {
 }
 
 /// The ValidatingWebhookConfiguration `phylax` for every validating webhook, called through the
-/// `phylax-webhook` Service. It leaves out kube-system, Phylax's own namespace and anything
-/// labelled `phylax.dev/webhooks: disabled`. Its `caBundle` is filled in at run time (the operator,
+/// `phylax-webhook` Service. It leaves out kube-system, Phylax's own namespace and namespaces
+/// labelled `phylax.dev/webhooks: disabled`. There is no object selector: a pod's own labels are
+/// its author's, and must not switch off the fail-closed profile binding. Its `caBundle` is filled in at run time (the operator,
 /// or cert-manager's `cert-manager.io/inject-ca-from` annotation if you prefer).
 pub(super) fn validating_configuration(
     ns: &str,
@@ -182,10 +183,6 @@ fn webhook(ns: &str, scope: WebhookScope, spec: &WebhookSpec) -> ValidatingWebho
                 requirement("kubernetes.io/metadata.name", "NotIn", &["kube-system", ns]),
                 in_scope,
             ]),
-            ..Default::default()
-        }),
-        object_selector: Some(LabelSelector {
-            match_expressions: Some(vec![requirement(OPT_OUT_LABEL, "NotIn", &[OPT_OUT_VALUE])]),
             ..Default::default()
         }),
         ..Default::default()

@@ -6,7 +6,7 @@
 //! federated token (`AZURE_FEDERATED_TOKEN_FILE`, re-read at each token request) as the client
 //! assertion. The identity needs the "Key Vault Secrets User" role (or a `get` secret access policy).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -18,6 +18,12 @@ use crate::api::secret_provider;
 
 const API_VERSION: &str = "7.4";
 const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com/";
+/// Entra ID's authority hosts: the public cloud, US Government and China.
+const ENTRA_AUTHORITIES: [&str; 3] = [
+    "login.microsoftonline.com",
+    "login.microsoftonline.us",
+    "login.chinacloudapi.cn",
+];
 
 pub struct AzureStore {
     vault_url: String,
@@ -78,8 +84,19 @@ impl AzureStore {
             .clone()
             .or_else(|| std::env::var("AZURE_AUTHORITY_HOST").ok())
             .unwrap_or_else(|| DEFAULT_AUTHORITY.into());
-        // The client secret or federated token goes there: https only (loopback aside).
+        // The client secret or the operator's federated token goes there: only Entra ID's own
+        // authorities (or loopback, for test doubles), never a host the provider's author chose.
         let authority = super::https_url("azure.authorityHost", &authority)?;
+        let known = authority
+            .host_str()
+            .is_some_and(|h| ENTRA_AUTHORITIES.contains(&h));
+        if !known && !authority.host().is_some_and(crate::outbound::is_loopback) {
+            return Err(StoreError::Config(format!(
+                "azure.authorityHost {:?} is not an Entra ID authority ({}); credentials are sent only there",
+                authority.as_str(),
+                ENTRA_AUTHORITIES.join(", ")
+            )));
+        }
         let token_url = authority
             .join(&format!("{}/oauth2/v2.0/token", spec.tenant_id))
             .map_err(|e| StoreError::Config(format!("azure.authorityHost: {e}")))?
@@ -167,8 +184,8 @@ impl AzureStore {
         }
         .unwrap_or(300);
         let token = Zeroizing::new(body.access_token);
-        // Refresh at two thirds of its life.
-        let until = Instant::now() + Duration::from_secs(lifetime.max(1)).mul_f64(2.0 / 3.0);
+        // Refresh at two thirds of its life (clamped: the number is the token endpoint's).
+        let until = super::renew_at(lifetime);
         *cached = Some((token.clone(), until));
         Ok(token)
     }

@@ -99,7 +99,15 @@ pub struct Context {
     pub namespace: String,
     /// Deadline of one call to a store.
     pub timeout: Duration,
+    /// The ServiceAccount (in `namespace`) whose short-lived tokens log in to Vault: it has no
+    /// RBAC, so a token that leaks to a wrong Vault address is worth nothing in the cluster.
+    pub vault_service_account: String,
 }
+
+/// The label a Secret of the operator's namespace needs before a SecretProvider may read a
+/// credential from it: without it, any SecretProvider author could point `tokenSecretRef` at the
+/// webhook CA's key or another Secret of the operator and have it sent to a server they choose.
+pub const CREDENTIAL_LABEL: (&str, &str) = ("secrets.phylax.dev/credential", "true");
 
 impl Context {
     /// A credential from a Secret in the operator's namespace.
@@ -112,6 +120,24 @@ impl Context {
             .map_err(|e| StoreError::Config(format!("cannot read Secret {ns}/{}: {e}", r.name)))?;
         let secret =
             secret.ok_or_else(|| StoreError::Config(format!("Secret {ns}/{} does not exist", r.name)))?;
+        let labelled = secret
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(CREDENTIAL_LABEL.0))
+            .is_some_and(|v| v == CREDENTIAL_LABEL.1);
+        if !labelled {
+            return Err(StoreError::Config(format!(
+                "Secret {ns}/{} is not labelled {}={}; label the Secrets meant as SecretProvider credentials \
+                 (kubectl label secret -n {ns} {} {}={})",
+                r.name,
+                CREDENTIAL_LABEL.0,
+                CREDENTIAL_LABEL.1,
+                r.name,
+                CREDENTIAL_LABEL.0,
+                CREDENTIAL_LABEL.1
+            )));
+        }
         let bytes = secret
             .data
             .and_then(|mut d| d.remove(&r.key))
@@ -144,6 +170,16 @@ pub async fn build(spec: &SecretProviderSpec, ctx: &Context) -> Result<Arc<dyn S
 /// A store's URL: `https://`, or plain `http://` on loopback only (emulators and test doubles).
 pub fn https_url(field: &str, value: &str) -> Result<url::Url, StoreError> {
     crate::outbound::secure_url(field, value).map_err(StoreError::Config)
+}
+
+/// When to renew a credential that the store says lives `lifetime_secs`: at two thirds of its
+/// life, and at least once a day. The lifetime comes from the store's answer: a huge value must not
+/// overflow the clock (it would panic the task) nor keep a token forever.
+pub fn renew_at(lifetime_secs: u64) -> std::time::Instant {
+    const MAX_LIFETIME: u64 = 24 * 3600;
+    let life = Duration::from_secs(lifetime_secs.clamp(1, MAX_LIFETIME));
+    let now = std::time::Instant::now();
+    now.checked_add(life * 2 / 3).unwrap_or(now)
 }
 
 /// Seconds from a `Retry-After` header (delta-seconds form), capped at five minutes.
@@ -195,6 +231,25 @@ mod tests {
         assert_eq!(retry_after(Some("100000")), Some(Duration::from_secs(300)));
         assert_eq!(retry_after(Some("Wed, 21 Oct 2015 07:28:00 GMT")), None);
         assert_eq!(retry_after(None), None);
+    }
+
+    #[test]
+    fn renewal_of_any_lifetime_is_within_a_day() {
+        let now = std::time::Instant::now();
+        for (lifetime, at_most) in [
+            (0, 1),
+            (3, 2),
+            (3600, 2400),
+            (u64::MAX, 16 * 3600),
+            (86_400 * 365, 16 * 3600),
+        ] {
+            let at = renew_at(lifetime);
+            assert!(at >= now, "{lifetime}");
+            assert!(
+                at <= std::time::Instant::now() + Duration::from_secs(at_most),
+                "{lifetime}"
+            );
+        }
     }
 
     #[test]

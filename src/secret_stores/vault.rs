@@ -17,7 +17,10 @@ use zeroize::Zeroizing;
 use super::{Context, SecretBytes, Store, StoreError};
 use crate::api::secret_provider::{self, VaultAuth};
 
-const SA_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+/// The audience of the tokens requested for Vault when the provider names none.
+pub const DEFAULT_AUDIENCE: &str = "vault";
+/// Lifetime asked for a Vault login token: it is used once, at login.
+const LOGIN_TOKEN_SECONDS: i64 = 600;
 
 pub struct VaultStore {
     address: String,
@@ -50,15 +53,8 @@ pub fn check_path(path: &str) -> Result<&str, StoreError> {
 
 impl VaultStore {
     pub fn new(spec: &secret_provider::VaultStore, ctx: &Context) -> Result<VaultStore, StoreError> {
-        let url = url::Url::parse(&spec.address).map_err(|e| {
-            StoreError::Config(format!("vault.address {:?} is not a URL ({e})", spec.address))
-        })?;
-        if !matches!(url.scheme(), "https" | "http") {
-            return Err(StoreError::Config(format!(
-                "vault.address {:?} must be https:// (or http:// for a dev server)",
-                spec.address
-            )));
-        }
+        // The login token and every secret cross this connection: https, or http on loopback only.
+        super::https_url("vault.address", &spec.address)?;
         let kv_version = spec.kv_version.unwrap_or(2);
         if !matches!(kv_version, 1 | 2) {
             return Err(StoreError::Config(format!(
@@ -66,6 +62,16 @@ impl VaultStore {
             )));
         }
         match (&spec.auth.kubernetes, &spec.auth.token_secret_ref) {
+            (Some(k8s), None) if k8s.token_path.is_some() => {
+                return Err(StoreError::Config(format!(
+                    "vault.auth.kubernetes.tokenPath is not accepted: the operator requests a short-lived \
+                     token for ServiceAccount {}/{} (audience {:?}); remove tokenPath and bind the Vault \
+                     role to that ServiceAccount",
+                    ctx.namespace,
+                    ctx.vault_service_account,
+                    k8s.audience.as_deref().unwrap_or(DEFAULT_AUDIENCE)
+                )));
+            }
             (Some(_), None) | (None, Some(_)) => {}
             _ => {
                 return Err(StoreError::Config(
@@ -113,6 +119,44 @@ impl VaultStore {
         Ok(client)
     }
 
+    /// A short-lived token of the dedicated ServiceAccount for `audience`, from the TokenRequest
+    /// API: never the operator's own token, which can write Secrets cluster-wide.
+    async fn login_token(&self, audience: &str) -> Result<Zeroizing<String>, StoreError> {
+        use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        let (ns, sa) = (&self.ctx.namespace, &self.ctx.vault_service_account);
+        let api: kube::Api<ServiceAccount> = kube::Api::namespaced(self.ctx.client.clone(), ns);
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: vec![audience.to_owned()],
+                expiration_seconds: Some(LOGIN_TOKEN_SECONDS),
+                bound_object_ref: None,
+            },
+            ..Default::default()
+        };
+        let answer = api
+            .create_token_request(sa, &Default::default(), &request)
+            .await
+            .map_err(|e| match e {
+                kube::Error::Api(s) if s.code == 404 => StoreError::Config(format!(
+                    "ServiceAccount {ns}/{sa} does not exist; create it (phylax manifests has it) to log in to Vault"
+                )),
+                kube::Error::Api(s) => StoreError::Config(format!(
+                    "cannot request a token for ServiceAccount {ns}/{sa} (HTTP {} {}); the operator needs \
+                     create on serviceaccounts/token for it",
+                    s.code, s.reason
+                )),
+                other => StoreError::Unreachable(format!("the API server: {}", super::brief(&other.to_string()))),
+            })?;
+        let token = answer.status.map(|s| s.token).unwrap_or_default();
+        if token.is_empty() {
+            return Err(StoreError::Corrupt(
+                "the TokenRequest answer holds no token".into(),
+            ));
+        }
+        Ok(Zeroizing::new(token))
+    }
+
     /// A token: the cached one while it lives, else a fresh login or the Secret's.
     async fn token(&self, fresh: bool) -> Result<Zeroizing<String>, StoreError> {
         let mut cached = self.token.lock().await;
@@ -124,27 +168,28 @@ impl VaultStore {
         }
         let (token, until) = match (&self.auth.kubernetes, &self.auth.token_secret_ref) {
             (Some(k8s), _) => {
-                let path = k8s.token_path.as_deref().unwrap_or(SA_TOKEN);
-                let jwt = Zeroizing::new(tokio::fs::read_to_string(path).await.map_err(|e| {
-                    StoreError::Config(format!("cannot read the ServiceAccount token {path}: {e}"))
-                })?);
+                let jwt = self
+                    .login_token(k8s.audience.as_deref().unwrap_or(DEFAULT_AUDIENCE))
+                    .await?;
                 let mount = k8s.mount.as_deref().unwrap_or("kubernetes");
                 let login = vaultrs::auth::kubernetes::login(&self.client("")?, mount, &k8s.role, jwt.trim())
                     .await
                     .map_err(|e| match e {
                         ClientError::APIError { code: 400 | 403, .. } => StoreError::Config(format!(
                             "Vault refused the Kubernetes login for role {:?} at auth/{mount} (HTTP {}); \
-                             bind the role to the operator's ServiceAccount",
+                             bind the role to ServiceAccount {}/{} with this provider's audience",
                             k8s.role,
-                            status(&e)
+                            status(&e),
+                            self.ctx.namespace,
+                            self.ctx.vault_service_account,
                         )),
                         other => self.error("auth login", other),
                     })?;
-                // Log in again at two thirds of the lease, before Vault forgets the token.
-                let lease = Duration::from_secs(login.lease_duration.max(1));
+                // Log in again at two thirds of the lease, before Vault forgets the token
+                // (clamped: the number is Vault's).
                 (
                     Zeroizing::new(login.client_token),
-                    Instant::now() + lease.mul_f64(2.0 / 3.0),
+                    super::renew_at(login.lease_duration),
                 )
             }
             (None, Some(r)) => (

@@ -45,6 +45,18 @@ impl Webhook {
             .await
             .expect("label namespace");
         let config = format!("phylax-profiles-test-{}", super::support::random_suffix());
+        // The object selector the shipped manifests give the profile webhook (none, today): a
+        // test of the bypass a pod label would open must use what users install.
+        let rendered = phylax::deploy::manifests(&phylax::deploy::ManifestArgs {
+            namespace: "phylax-system".into(),
+            image: "phylax:test".into(),
+            webhooks: phylax::deploy::WebhookScope::OptOut,
+        })
+        .expect("render manifests");
+        let object_selector = rendered
+            .iter()
+            .find(|o| o["kind"] == "MutatingWebhookConfiguration")
+            .and_then(|c| c["webhooks"][0].get("objectSelector").cloned());
         let webhook: MutatingWebhookConfiguration = serde_json::from_value(json!({
             "metadata": {"name": config},
             "webhooks": [{
@@ -53,6 +65,7 @@ impl Webhook {
                                  "caBundle": k8s_openapi::ByteString(ca.pem().into_bytes())},
                 "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
                 "namespaceSelector": {"matchLabels": {label: "on"}},
+                "objectSelector": object_selector,
                 "failurePolicy": "Fail",
                 "sideEffects": "None",
                 "reinvocationPolicy": "IfNeeded",
@@ -192,6 +205,42 @@ async fn bindings_apply_installed_profiles_to_new_pods_and_refuse_the_rest() {
         Some("web=SeccompProfile/web-bound")
     );
 
+    // Attack: the pod's author labels it to opt out of the (fail-closed) profile webhook.
+    let opted_out = create_pod(
+        c,
+        &ns.name,
+        json!({"metadata": {"name": "opted-out", "labels": {"app": "web", "phylax.dev/webhooks": "disabled"}},
+        "spec": {"containers": [{"name": "web", "image": "registry.local/web:2.1"}]}}),
+    )
+    .await
+    .expect("admitted");
+    assert_eq!(
+        seccomp_of(&opted_out, 0).as_deref(),
+        Some("phylax/web-bound.json")
+    );
+
+    // Attack: a pod names Phylax's log-everything recording profile itself.
+    let refusal = create_pod(
+        c,
+        &ns.name,
+        json!({"metadata": {"name": "log-all"}, "spec": {"containers": [{"name": "c", "image": "busybox",
+        "securityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": "./phylax-recording.json"}}}]}}),
+    )
+    .await
+    .expect_err("a pod naming the recording profile was admitted");
+    assert!(refusal.contains("recording profile"), "{refusal}");
+
+    // Attack: a pod claims a recording, so the node agent would write a profile from its syscalls.
+    let refusal = create_pod(
+        c,
+        &ns.name,
+        json!({"metadata": {"name": "claims", "annotations": {RECORDING_ANNOTATION: "rec"}},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}}),
+    )
+    .await
+    .expect_err("a pod claiming a recording was admitted");
+    assert!(refusal.contains("set by Phylax only"), "{refusal}");
+
     // Privileged pods are never changed.
     let privileged = create_pod(
         c,
@@ -203,7 +252,8 @@ async fn bindings_apply_installed_profiles_to_new_pods_and_refuse_the_rest() {
     .expect("privileged pod admitted");
     assert_eq!(seccomp_of(&privileged, 0), None);
 
-    // A recording takes the pods it selects: the logging profile, and the mark for the recorder.
+    // A recording takes the containers it selects that no binding covers: the logging profile,
+    // and the mark for the recorder. The bound container keeps its binding's profile.
     apply_namespaced(
         c,
         &ns.name,
@@ -224,7 +274,7 @@ async fn bindings_apply_installed_profiles_to_new_pods_and_refuse_the_rest() {
         p.annotations().contains_key(RECORDING_ANNOTATION).then_some(p)
     })
     .await;
-    assert_eq!(seccomp_of(&recorded, 0).as_deref(), Some("phylax-recording.json"));
+    assert_eq!(seccomp_of(&recorded, 0).as_deref(), Some("phylax/web-bound.json"));
     assert_eq!(seccomp_of(&recorded, 1).as_deref(), Some("phylax-recording.json"));
     assert_eq!(recorded.annotations()[RECORDING_ANNOTATION], "rec");
     // A recorder Phylax does not have is refused by the API server, by name.

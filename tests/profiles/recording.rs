@@ -111,7 +111,11 @@ async fn syscalls_seen_by_the_kernel_become_a_profile_when_the_pod_ends() {
 
     set_status(c, &ns.name, "traced", "Succeeded").await;
     let recorded = wait_for("the recorded profile", TIMEOUT, || async {
-        profiles(c).get_opt("trace-app").await.ok().flatten()
+        profiles(c)
+            .get_opt(&format!("{}.trace.app", ns.name))
+            .await
+            .ok()
+            .flatten()
     })
     .await;
     let names: Vec<&str> = recorded
@@ -138,7 +142,7 @@ async fn syscalls_seen_by_the_kernel_become_a_profile_when_the_pod_ends() {
         Some(format!("{}/trace", ns.name).as_str())
     );
     // The recorded profile is a profile like any other: installed on both nodes.
-    wait_state(c, "trace-app", "Installed").await;
+    wait_state(c, &format!("{}.trace.app", ns.name), "Installed").await;
     assert!(
         node.agent()
             .metric_sum("phylax_profiles_recordings_total", &[("result", "written")])

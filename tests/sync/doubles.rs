@@ -1,8 +1,9 @@
 //! Test doubles — no real server can be had here — of the parts of two vendors' documented HTTP
 //! APIs that the stores use:
-//! - HashiCorp Vault: `GET /v1/sys/health`, `POST /v1/auth/<mount>/login` (Kubernetes auth),
-//!   `GET /v1/<mount>/data/<path>` (KV v2), with Vault's JSON envelopes and status codes
-//!   (403 permission denied, 404 not found, 503 sealed);
+//! - HashiCorp Vault: `GET /v1/sys/health`, `POST /v1/auth/<mount>/login` (Kubernetes auth:
+//!   like Vault, it checks the JWT with a TokenReview at the real API server — the account it
+//!   names and the role's audience), `GET /v1/<mount>/data/<path>` (KV v2), with Vault's JSON
+//!   envelopes and status codes (403 permission denied, 404 not found, 503 sealed);
 //! - Azure Key Vault and Microsoft Entra ID: `POST /<tenant>/oauth2/v2.0/token` (client
 //!   credentials), `GET /secrets/<name>?api-version=7.4`, `GET /secrets` (list), with their error
 //!   bodies and 429 + `Retry-After`.
@@ -44,9 +45,22 @@ fn reply(code: u16, body: Value) -> Response {
 // ---------------------------------------------------------------------------------------------
 // Vault
 
+/// Who may log in to the Vault double's Kubernetes auth role, as Vault's role configuration says:
+/// bound ServiceAccount and audience, checked through a TokenReview.
+pub struct VaultBinding {
+    pub reviewer: kube::Client,
+    pub namespace: String,
+    pub service_account: String,
+    pub audience: String,
+}
+
 #[derive(Default)]
 pub struct VaultState {
-    pub jwt: String,
+    pub binding: Option<VaultBinding>,
+    /// The `system:serviceaccount:...` user of each accepted login.
+    pub logged_in_as: Mutex<Vec<String>>,
+    /// Every X-Vault-Token presented on reads.
+    pub tokens_seen: Mutex<Vec<String>>,
     pub role: String,
     pub token: String,
     pub secrets: Mutex<HashMap<String, Value>>,
@@ -63,9 +77,9 @@ pub struct VaultDouble {
 }
 
 impl VaultDouble {
-    pub async fn start(jwt: &str, role: &str) -> VaultDouble {
+    pub async fn start(binding: VaultBinding, role: &str) -> VaultDouble {
         let state = Arc::new(VaultState {
-            jwt: jwt.into(),
+            binding: Some(binding),
             role: role.into(),
             token: "hvs.test-double-token".into(),
             ..Default::default()
@@ -105,9 +119,13 @@ async fn vault_login(State(s): State<Arc<VaultState>>, body: Bytes) -> Response 
     let Ok(req) = serde_json::from_slice::<Value>(&body) else {
         return reply(400, json!({"errors": ["failed to parse JSON input"]}));
     };
-    if req["role"] != s.role.as_str() || req["jwt"] != s.jwt.as_str() {
+    if req["role"] != s.role.as_str() {
         return reply(403, json!({"errors": ["permission denied"]}));
     }
+    let Some(user) = review(&s, req["jwt"].as_str().unwrap_or_default()).await else {
+        return reply(403, json!({"errors": ["permission denied"]}));
+    };
+    s.logged_in_as.lock().unwrap().push(user);
     reply(
         200,
         json!({"request_id": "r1", "lease_id": "", "renewable": false, "lease_duration": 0, "data": null,
@@ -119,6 +137,28 @@ async fn vault_login(State(s): State<Arc<VaultState>>, body: Bytes) -> Response 
     )
 }
 
+/// Vault's check of a Kubernetes login: a TokenReview for the role's audience, then the bound
+/// ServiceAccount. The user name on success.
+async fn review(s: &VaultState, jwt: &str) -> Option<String> {
+    use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+    let b = s.binding.as_ref()?;
+    let request = TokenReview {
+        spec: TokenReviewSpec {
+            token: Some(jwt.to_owned()),
+            audiences: Some(vec![b.audience.clone()]),
+        },
+        ..Default::default()
+    };
+    let answer = kube::Api::<TokenReview>::all(b.reviewer.clone())
+        .create(&Default::default(), &request)
+        .await
+        .ok()?;
+    let status = answer.status?;
+    let user = status.user?.username?;
+    let expected = format!("system:serviceaccount:{}:{}", b.namespace, b.service_account);
+    (status.authenticated == Some(true) && user == expected).then_some(user)
+}
+
 async fn vault_read(
     State(s): State<Arc<VaultState>>,
     Path(path): Path<String>,
@@ -127,7 +167,12 @@ async fn vault_read(
     if s.sealed.load(Ordering::SeqCst) {
         return reply(503, json!({"errors": ["Vault is sealed"]}));
     }
-    if headers.get("x-vault-token").and_then(|v| v.to_str().ok()) != Some(s.token.as_str()) {
+    let presented = headers
+        .get("x-vault-token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    s.tokens_seen.lock().unwrap().push(presented.to_owned());
+    if presented != s.token.as_str() {
         return reply(403, json!({"errors": ["permission denied"]}));
     }
     s.reads.fetch_add(1, Ordering::SeqCst);

@@ -224,3 +224,40 @@ async fn every_failure_is_an_event_saying_what_to_do_and_nothing_is_written() {
     assert!(op.admin_get("/readyz").await.is_some_and(|(c, _)| c == 200));
     assert_never_leaked(&client, &op, &[&ns.name], PLANTED).await;
 }
+
+/// Attack: with a `{namespace}-*` pattern (the only form Azure secret names allow), namespace
+/// `team` could read `team-payments-db`, the secret meant for namespace `team-payments`. The
+/// provider is reported unusable, and the request is refused without a Secret being written.
+#[tokio::test]
+async fn a_prefix_pattern_cannot_reach_another_namespaces_secrets() {
+    let _one = serial().await;
+    let client = cluster().client().await;
+    install_crds(&client).await;
+    let team = namespace(&client, "team", &[]).await;
+    let op_ns = namespace(&client, "op", &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let victim = format!("{}-payments-db", team.name);
+    write_json(dir.path(), &victim, &json!({"CARD_KEY": PLANTED}));
+    let provider = format!("prefix-{}", random_suffix());
+    apply_provider(
+        &client,
+        &provider,
+        json!({"file": {"directory": dir.path()}, "namespaces": {"names": [team.name]}, "paths": ["{namespace}-*"]}),
+    )
+    .await;
+    let mut op = operator(&op_ns.name, &[], &Default::default());
+    started(&mut op).await;
+    let why = provider_condition(&client, &provider, "Configured", "False").await;
+    assert!(
+        why.contains("{namespace}-*") && why.contains("lets one namespace read another"),
+        "{why}"
+    );
+
+    let ann = format!("{{provider: {provider}, path: {victim}, secretName: stolen}}");
+    let uid = create_pod(&client, &team.name, "thief", &ann).await;
+    let note = wait_event(&client, &team.name, &uid, "SecretSyncRefused").await;
+    assert!(note.contains("lets one namespace read another's"), "{note}");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &team.name);
+    assert!(secrets.get_opt("stolen").await.unwrap().is_none());
+    assert!(!op.logs().iter().any(|l| l.contains(PLANTED)));
+}

@@ -253,3 +253,80 @@ async fn only_the_leader_writes() {
     wait_secret(&client, &ns.name, "after").await;
     assert!(ops[follower].metric_sum(syncs, &[]).await.unwrap() >= 1.0);
 }
+
+/// Attack on the reader's side: a kubelet mounting a Secret for a pod that waits for it, a watch or
+/// a GitOps diff must never see a synced Secret without its keys (an empty shell filled later).
+#[tokio::test]
+async fn no_version_of_a_synced_secret_ever_lacks_its_keys() {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    use std::sync::{Arc, Mutex};
+
+    let _one = serial().await;
+    let names = ["s0", "s1", "s2", "s3", "s4"];
+    let FileSetup {
+        client,
+        ns,
+        op_ns,
+        dir,
+        provider,
+    } = file_setup("atomic", &names).await;
+    for name in names {
+        write_json(dir.path(), name, &json!({"USER": "app", "PASSWORD": "pw"}));
+    }
+    // Every version of every Secret in the namespace, from before the first is created.
+    // (Secret name, its keys) per version seen.
+    type Versions = Arc<Mutex<Vec<(String, Vec<String>)>>>;
+    let seen: Versions = Arc::default();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let watching = {
+        let (seen, secrets) = (seen.clone(), secrets.clone());
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(watcher(secrets, watcher::Config::default()).applied_objects());
+            while let Some(Ok(s)) = stream.next().await {
+                let keys = s.data.unwrap_or_default().into_keys().collect();
+                seen.lock()
+                    .unwrap()
+                    .push((s.metadata.name.unwrap_or_default(), keys));
+            }
+        })
+    };
+    let mut op = operator(&op_ns.name, &["--sync-coalesce-window=0s"], &Default::default());
+    started(&mut op).await;
+    for (i, name) in names.iter().enumerate() {
+        let ann = format!("{{provider: {provider}, path: {name}, secretName: {name}}}");
+        let uid = create_pod(&client, &ns.name, &format!("p{i}"), &ann).await;
+        wait_event(&client, &ns.name, &uid, "SecretSynced").await;
+    }
+    // And an update that adds a key.
+    write_json(
+        dir.path(),
+        "s0",
+        &json!({"USER": "app", "PASSWORD": "pw2", "HOST": "db"}),
+    );
+    let ann = format!("{{provider: {provider}, path: s0, secretName: s0}}");
+    let uid = create_pod(&client, &ns.name, "again", &ann).await;
+    assert!(
+        wait_event(&client, &ns.name, &uid, "SecretSynced")
+            .await
+            .contains("updated")
+    );
+    wait_for("the watch to see the update", Duration::from_secs(30), || async {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|(n, keys)| n == "s0" && keys.len() == 3)
+            .then_some(())
+    })
+    .await;
+    watching.abort();
+    let seen = seen.lock().unwrap().clone();
+    let synced: Vec<_> = seen.iter().filter(|(n, _)| names.contains(&n.as_str())).collect();
+    assert!(synced.len() >= names.len(), "the watch saw {seen:?}");
+    for (name, keys) in synced {
+        assert!(
+            keys.contains(&"USER".to_owned()) && keys.contains(&"PASSWORD".to_owned()),
+            "a version of Secret {name} had keys {keys:?}"
+        );
+    }
+}

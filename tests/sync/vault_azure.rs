@@ -10,7 +10,7 @@ use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 use serde_json::json;
 
-use crate::doubles::{AzureDouble, VaultDouble};
+use crate::doubles::{AzureDouble, VaultBinding, VaultDouble};
 use crate::support::cluster::cluster;
 use crate::support::random_suffix;
 use crate::*;
@@ -19,10 +19,15 @@ const VAULT_PLANTED: &str = "planted-vault-value-0c77aa";
 const AZURE_PLANTED: &str = "planted-azure-value-e2a5f1";
 const CLIENT_SECRET: &str = "planted-client-secret-44b0";
 
+/// A Secret of the operator's namespace meant as a SecretProvider credential (labelled so).
 async fn credential_secret(client: &kube::Client, ns: &str, name: &str, key: &str, value: &str) {
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some(name.into()),
+            labels: Some(BTreeMap::from([(
+                "secrets.phylax.dev/credential".to_owned(),
+                "true".to_owned(),
+            )])),
             ..Default::default()
         },
         data: Some(BTreeMap::from([(
@@ -44,10 +49,29 @@ async fn vault_kv2_with_kubernetes_auth_denials_and_a_sealed_vault() {
     install_crds(&client).await;
     let ns = namespace(&client, "vault", &[]).await;
     let op_ns = namespace(&client, "op", &[]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let jwt_file = dir.path().join("token");
-    std::fs::write(&jwt_file, "eyJ.service-account.jwt\n").unwrap();
-    let vault = VaultDouble::start("eyJ.service-account.jwt", "shop").await;
+    // The account the operator logs in to Vault as (the manifests create it).
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), &op_ns.name);
+    accounts
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "phylax-vault-auth"}, "automountServiceAccountToken": false}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let vault = VaultDouble::start(
+        VaultBinding {
+            reviewer: client.clone(),
+            namespace: op_ns.name.clone(),
+            service_account: "phylax-vault-auth".into(),
+            audience: "vault".into(),
+        },
+        "shop",
+    )
+    .await;
     vault.state.secrets.lock().unwrap().insert(
         "shop/db".into(),
         json!({"user": "app", "password": VAULT_PLANTED}),
@@ -58,7 +82,7 @@ async fn vault_kv2_with_kubernetes_auth_denials_and_a_sealed_vault() {
         &client,
         &provider,
         json!({"vault": {"address": vault.url, "mount": "secret", "kvVersion": 2,
-                         "auth": {"kubernetes": {"role": "shop", "tokenPath": jwt_file}}},
+                         "auth": {"kubernetes": {"role": "shop"}}},
                "namespaces": {"names": [ns.name]}, "paths": ["shop/*"]}),
     )
     .await;
@@ -84,7 +108,7 @@ async fn vault_kv2_with_kubernetes_auth_denials_and_a_sealed_vault() {
     apply_provider(
         &client,
         &wrong,
-        json!({"vault": {"address": vault.url, "auth": {"kubernetes": {"role": "bank", "tokenPath": jwt_file}}},
+        json!({"vault": {"address": vault.url, "auth": {"kubernetes": {"role": "bank"}}},
                "namespaces": {"names": [ns.name]}, "paths": ["*"]}),
     )
     .await;
@@ -138,13 +162,114 @@ async fn vault_kv2_with_kubernetes_auth_denials_and_a_sealed_vault() {
     vault.state.sealed.store(false, Ordering::SeqCst);
     assert_eq!(data_of(&wait_secret(&client, &ns.name, "later").await)["k"], "v");
 
+    // Vault saw only the dedicated account's short-lived token, never the operator's own.
+    let logins = vault.state.logged_in_as.lock().unwrap().clone();
+    assert!(!logins.is_empty());
+    for user in &logins {
+        assert_eq!(
+            user,
+            &format!("system:serviceaccount:{}:phylax-vault-auth", op_ns.name)
+        );
+    }
+
     assert_never_leaked(&client, &op, &[&ns.name, &op_ns.name], VAULT_PLANTED).await;
     for line in op.logs() {
         assert!(
-            !line.contains("hvs.test-double-token") && !line.contains("eyJ.service"),
+            !line.contains("hvs.test-double-token") && !line.contains("eyJ"),
             "{line}"
         );
     }
+}
+
+/// Attacks of a SecretProvider author on the operator's credentials: plain http to another host,
+/// a token file of their choosing, a credential reference to a Secret of the operator that is not
+/// a credential (here standing for the webhook CA's key), an Entra authority of their own. Each is
+/// refused in the provider's status, and nothing is sent.
+#[tokio::test]
+async fn a_secret_provider_cannot_make_the_operator_send_its_credentials_elsewhere() {
+    let _one = serial().await;
+    let client = cluster().client().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, "steal", &[]).await;
+    let op_ns = namespace(&client, "op", &[]).await;
+    // An operator Secret that is not a credential: no label.
+    let ca_key = "ca-key-planted-5c1e";
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &op_ns.name);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "webhook-ca"}, "stringData": {"ca.key": ca_key}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let vault = VaultDouble::start(
+        VaultBinding {
+            reviewer: client.clone(),
+            namespace: op_ns.name.clone(),
+            service_account: "phylax-vault-auth".into(),
+            audience: "vault".into(),
+        },
+        "shop",
+    )
+    .await;
+    let base = |auth: serde_json::Value, address: &str| json!({"vault": {"address": address, "auth": auth}, "namespaces": {"names": [ns.name]}, "paths": ["*"]});
+    let cases = [
+        (
+            base(
+                json!({"kubernetes": {"role": "shop"}}),
+                "http://vault.example:8200",
+            ),
+            "must be https://",
+        ),
+        (
+            base(
+                json!({"kubernetes": {"role": "shop", "tokenPath": "/etc/hostname"}}),
+                &vault.url,
+            ),
+            "tokenPath is not accepted",
+        ),
+        (
+            base(
+                json!({"tokenSecretRef": {"name": "webhook-ca", "key": "ca.key"}}),
+                &vault.url,
+            ),
+            "is not labelled secrets.phylax.dev/credential=true",
+        ),
+        (
+            json!({"azure": {"vaultUrl": vault.url, "tenantId": "t", "clientId": "c",
+                             "authorityHost": "https://login.attacker.example/",
+                             "clientSecretRef": {"name": "webhook-ca", "key": "ca.key"}},
+                   "namespaces": {"names": [ns.name]}, "paths": ["*"]}),
+            "is not an Entra ID authority",
+        ),
+    ];
+    let mut names = Vec::new();
+    for (spec, _) in &cases {
+        let name = format!("steal-{}", random_suffix());
+        apply_provider(&client, &name, spec.clone()).await;
+        names.push(name);
+    }
+    let mut op = operator(&op_ns.name, &[], &Default::default());
+    started(&mut op).await;
+    for (name, (_, why)) in names.iter().zip(&cases) {
+        let message = provider_condition(&client, name, "Configured", "False").await;
+        assert!(message.contains(why), "{name}: {message}");
+    }
+    assert!(vault.state.logged_in_as.lock().unwrap().is_empty());
+    assert!(
+        !vault
+            .state
+            .tokens_seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|t| t.contains(ca_key)),
+        "the CA key reached the store"
+    );
+    assert!(!op.logs().iter().any(|l| l.contains(ca_key)));
 }
 
 #[tokio::test]

@@ -200,6 +200,68 @@ async fn the_api_server_refuses_bad_annotations_and_admits_good_ones() {
         .expect("delete configuration");
 }
 
+/// A pod admitted before the webhook was registered (or before Phylax was installed) with a
+/// malformed annotation must stay manageable: updates that leave the annotation as it is (a label,
+/// a finalizer removed) are admitted with a warning; changing it to another bad value is refused.
+#[tokio::test]
+async fn updates_that_keep_a_malformed_annotation_are_not_blocked() {
+    let cluster = cluster();
+    let client = cluster.client().await;
+    let ns = TestNamespace::create(cluster, "webhook-upd").await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &ns.name);
+    wait_for("the default ServiceAccount", Duration::from_secs(30), || async {
+        accounts.get_opt("default").await.ok().flatten().map(|_| ())
+    })
+    .await;
+    wait_for("the old pod to be created", Duration::from_secs(30), || async {
+        pods.create(&PostParams::default(), &pod("old", Some(BAD)))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+
+    let ca = Ca::new("webhook-ca");
+    let tls = SecretVolume::new(ca.serving());
+    let (_webhook, port) = start_webhook(&tls, None).await;
+    let config = register(&client, &ns, port, &ca.pem()).await;
+    wait_active(&client, &ns, &pods).await;
+
+    let relabelled = pods
+        .patch(
+            "old",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"tier": "web"}}})),
+        )
+        .await
+        .expect("an update that keeps the annotation is admitted");
+    assert_eq!(
+        relabelled
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .get("tier")
+            .map(String::as_str),
+        Some("web")
+    );
+    let err = pods
+        .patch(
+            "old",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"secrets.phylax.dev/sync": "provider: other"}}}),
+            ),
+        )
+        .await
+        .expect_err("changing it to another malformed value is refused");
+    assert!(err.to_string().contains("secretName is missing"), "{err}");
+    Api::<ValidatingWebhookConfiguration>::all(client)
+        .delete(&config, &DeleteParams::default())
+        .await
+        .expect("delete configuration");
+}
+
 #[tokio::test]
 async fn a_rotated_certificate_is_served_without_restart_and_no_request_fails() {
     let cluster = cluster();

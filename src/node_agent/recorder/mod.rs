@@ -3,7 +3,13 @@
 //! pod); the kernel then writes one audit record per syscall kind and process. This recorder reads
 //! those records, maps each process to its container through `/proc/<pid>/cgroup` and the pod's
 //! container statuses, and when the pod ends writes (or extends) the `SeccompProfile`
-//! `<recording>-<container>` allowing the syscalls seen.
+//! `<namespace>.<recording>.<container>` allowing the syscalls seen.
+//!
+//! The pod's annotation is only a hint: before writing, the agent checks that the
+//! `ProfileRecording` it names exists in the pod's namespace and selects the pod, so a pod author
+//! cannot make the agent write cluster-scoped profiles; the namespace in the name keeps one
+//! namespace from squatting another's future recorded profile; and a recording writes at most
+//! `MAX_PROFILES_PER_RECORDING` profiles.
 
 pub mod audit;
 pub mod cgroup;
@@ -22,7 +28,11 @@ use tokio_util::sync::CancellationToken;
 use super::NodeArgs;
 use super::metrics::{ProfileMetrics, ResultLabels};
 use super::seccomp;
-use crate::api::profiles::{RECORDING_ANNOTATION, SeccompProfile, SeccompProfileSpec, SyscallRule};
+use crate::api::profiles::{
+    ProfileKind, ProfileRecording, RECORDING_ANNOTATION, Recorder, SeccompProfile, SeccompProfileSpec,
+    SyscallRule, selector_matches,
+};
+use crate::runtime::ownership;
 use audit::SeccompRecord;
 
 /// Annotation on a recorded profile: the `namespace/name` of the recording it came from. A
@@ -31,6 +41,8 @@ pub const RECORDED_FROM: &str = "profiles.phylax.dev/recorded-from";
 /// Container IDs seen before their pod's status named them, kept this many at most.
 const MAX_PENDING: usize = 1024;
 const MAX_PIDS: usize = 8192;
+/// Distinct profiles (container names) one recording may write.
+pub const MAX_PROFILES_PER_RECORDING: usize = 32;
 
 /// The log-everything profile recorded pods run with.
 pub fn logging_profile() -> Vec<u8> {
@@ -91,7 +103,7 @@ pub async fn run(
     let (tx, mut records) = mpsc::channel::<SeccompRecord>(8192);
     source::spawn(node.audit_source.clone(), tx, metrics.clone())?;
     let mut state = State::default();
-    let profiles = Api::<SeccompProfile>::all(client);
+    let profiles = Api::<SeccompProfile>::all(client.clone());
     loop {
         tokio::select! {
             Some(record) = records.recv() => {
@@ -104,6 +116,19 @@ pub async fn run(
                 let ended = matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
                 if gone || ended {
                     for (target, syscalls) in state.take(&pod.uid().unwrap_or_default()) {
+                        let verified = match verify(&client, &pod, &target).await {
+                            Ok(v) => v,
+                            Err(e) => {
+                                tracing::warn!(recording = %target.recording, namespace = %target.namespace, error = %e, "cannot read the ProfileRecording; nothing written");
+                                metrics.recordings.get_or_create(&ResultLabels { result: "failed" }).inc();
+                                continue;
+                            }
+                        };
+                        if let Err(why) = verified {
+                            tracing::warn!(recording = %target.recording, namespace = %target.namespace, pod = %pod.name_any(), reason = %why, "the pod's recording annotation is not backed by a ProfileRecording; nothing written");
+                            metrics.recordings.get_or_create(&ResultLabels { result: "refused" }).inc();
+                            continue;
+                        }
                         let result = match write_profile(&profiles, &target, &syscalls).await {
                             Ok(true) => "written",
                             Ok(false) => "refused",
@@ -201,9 +226,36 @@ impl State {
     }
 }
 
-/// The recorded profile's name: `<recording>-<container>`.
-pub fn profile_name(recording: &str, container: &str) -> String {
-    format!("{recording}-{container}")
+/// The recorded profile's name: `<namespace>.<recording>.<container>`. Namespace and container
+/// names cannot hold a dot, so the three parts are read back unambiguously and two namespaces
+/// never compete for one name.
+pub fn profile_name(namespace: &str, recording: &str, container: &str) -> String {
+    format!("{namespace}.{recording}.{container}")
+}
+
+/// Whether the pod's recording annotation is backed: the `ProfileRecording` exists in the pod's
+/// namespace, records seccomp through logs, and its selector matches the pod's labels.
+/// `Ok(Err(why))` when it is not; `Err` when the API server cannot say.
+async fn verify(client: &Client, pod: &Pod, t: &Target) -> Result<Result<(), String>, kube::Error> {
+    let api: Api<ProfileRecording> = Api::namespaced(client.clone(), &t.namespace);
+    let Some(recording) = api.get_opt(&t.recording).await? else {
+        return Ok(Err(format!(
+            "no ProfileRecording {}/{}",
+            t.namespace, t.recording
+        )));
+    };
+    Ok(check_recording(&recording, pod))
+}
+
+/// The decision of [`verify`], free of I/O.
+fn check_recording(recording: &ProfileRecording, pod: &Pod) -> Result<(), String> {
+    if recording.spec.kind != ProfileKind::SeccompProfile || recording.spec.recorder != Recorder::Logs {
+        return Err("the ProfileRecording does not record seccomp profiles from logs".into());
+    }
+    if !selector_matches(&recording.spec.pod_selector, pod.labels()) {
+        return Err("the ProfileRecording does not select this pod".into());
+    }
+    Ok(())
 }
 
 /// The profile allowing `syscalls`, everything else refused with EPERM.
@@ -227,17 +279,26 @@ async fn write_profile(
     t: &Target,
     syscalls: &BTreeSet<String>,
 ) -> anyhow::Result<bool> {
-    let name = profile_name(&t.recording, &t.container);
+    let name = profile_name(&t.namespace, &t.recording, &t.container);
     let source = format!("{}/{}", t.namespace, t.recording);
     for _ in 0..5 {
         match api.get_opt(&name).await? {
             None => {
+                let written = api
+                    .list(&Default::default())
+                    .await?
+                    .items
+                    .iter()
+                    .filter(|p| p.annotations().get(RECORDED_FROM) == Some(&source))
+                    .count();
+                if written >= MAX_PROFILES_PER_RECORDING {
+                    tracing::warn!(profile = %name, recording = %source, limit = MAX_PROFILES_PER_RECORDING, "the recording has written as many profiles as it may; not written");
+                    return Ok(false);
+                }
                 let profile = SeccompProfile {
                     metadata: ObjectMeta {
                         name: Some(name.clone()),
-                        labels: Some(
-                            [("app.kubernetes.io/managed-by".to_owned(), "phylax".to_owned())].into(),
-                        ),
+                        labels: Some(ownership::managed_labels()),
                         annotations: Some([(RECORDED_FROM.to_owned(), source.clone())].into()),
                         ..Default::default()
                     },
@@ -288,6 +349,33 @@ async fn write_profile(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recorded_names_carry_the_namespace_and_cannot_collide() {
+        assert_eq!(profile_name("shop", "trace", "app"), "shop.trace.app");
+        // `a-b` + `c` and `a` + `b-c` would both have been `a-b-c-x` without the dots.
+        assert_ne!(profile_name("a-b", "c", "x"), profile_name("a", "b-c", "x"));
+    }
+
+    #[test]
+    fn only_a_recording_that_selects_the_pod_backs_its_annotation() {
+        let recording: ProfileRecording = serde_json::from_value(serde_json::json!({
+            "apiVersion": "profiles.phylax.dev/v1alpha1", "kind": "ProfileRecording",
+            "metadata": {"name": "rec", "namespace": "ns"},
+            "spec": {"kind": "SeccompProfile", "recorder": "logs", "podSelector": {"matchLabels": {"app": "web"}}},
+        }))
+        .unwrap();
+        let labelled = |app: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "p", "labels": {"app": app}}}))
+                .unwrap()
+        };
+        assert_eq!(check_recording(&recording, &labelled("web")), Ok(()));
+        assert!(
+            check_recording(&recording, &labelled("db"))
+                .unwrap_err()
+                .contains("does not select")
+        );
+    }
 
     const ID: &str = "4f2a9c1e0b7d4e3f8a6c5b2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f";
 

@@ -14,6 +14,7 @@ pub fn check(
     path: &str,
 ) -> Result<(), String> {
     check_path_shape(path)?;
+    check_patterns(&spec.paths)?;
     if !namespace_allowed(&spec.namespaces, namespace, ns_labels) {
         return Err(format!(
             "namespace {namespace} is not allowed: add it to spec.namespaces.names or label it to match \
@@ -32,6 +33,36 @@ pub fn check(
     }
     Ok(())
 }
+
+/// Refuses path patterns that let one namespace read another's secrets. `{namespace}` must end its
+/// segment (be followed by `/` or the end) and no `*` may stand before it in that segment: with
+/// `{namespace}-*`, namespace `team` would read `team-payments-db`, the secret of namespace
+/// `team-payments`; with `*-{namespace}`, namespace `db` would read `shop-db`.
+pub fn check_patterns(patterns: &[String]) -> Result<(), String> {
+    for pattern in patterns {
+        let mut rest = pattern.as_str();
+        let mut offset = 0;
+        while let Some(at) = rest.find(NAMESPACE) {
+            let start = offset + at;
+            let end = start + NAMESPACE.len();
+            let segment_start = pattern[..start].rfind('/').map_or(0, |i| i + 1);
+            let followed_ok = pattern[end..].is_empty() || pattern[end..].starts_with('/');
+            if !followed_ok || pattern[segment_start..start].contains('*') {
+                return Err(format!(
+                    "spec.paths pattern {pattern:?} lets one namespace read another's secrets: \
+                     {NAMESPACE} must be a whole path segment's end, followed by '/' or nothing and \
+                     with no '*' before it in its segment (e.g. /prod/{NAMESPACE}/*); for stores whose \
+                     names cannot hold '/' (Azure Key Vault), use one SecretProvider per namespace"
+                ));
+            }
+            offset = end;
+            rest = &pattern[end..];
+        }
+    }
+    Ok(())
+}
+
+const NAMESPACE: &str = "{namespace}";
 
 /// Paths with `.`/`..` segments could step out of an allowed prefix once the store normalises
 /// them, so they are refused before any pattern is tried.
@@ -66,6 +97,42 @@ mod tests {
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+    }
+
+    #[test]
+    fn patterns_that_cross_namespaces_are_refused() {
+        for ok in [
+            "/prod/{namespace}/*",
+            "/prod/{namespace}",
+            "{namespace}/db",
+            "app-{namespace}",
+            "/x/{namespace}/{namespace}/y",
+            "/fixed/*",
+        ] {
+            assert!(check_patterns(&[ok.into()]).is_ok(), "{ok}");
+        }
+        for bad in [
+            "{namespace}-*",
+            "/p/{namespace}*",
+            "*-{namespace}",
+            "/p/a*b{namespace}/x",
+            "{namespace}.db",
+        ] {
+            let err = check_patterns(&["/fine/*".into(), bad.into()]).unwrap_err();
+            assert!(
+                err.contains(bad) && err.contains("one SecretProvider per namespace"),
+                "{err}"
+            );
+        }
+        // The attack: namespace `team` asks for the secret of namespace `team-payments`.
+        let spec: SecretProviderSpec = serde_json::from_value(serde_json::json!({
+            "file": {"directory": "/x"},
+            "namespaces": {"names": ["team", "team-payments"]},
+            "paths": ["{namespace}-*"],
+        }))
+        .unwrap();
+        let err = check(&spec, "team", &BTreeMap::new(), "team-payments-db").unwrap_err();
+        assert!(err.contains("lets one namespace read another's"), "{err}");
     }
 
     #[test]

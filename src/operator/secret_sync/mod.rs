@@ -73,6 +73,11 @@ pub struct SyncArgs {
     /// Longest wait between retries of a transient failure
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = duration::parse)]
     pub sync_retry_max: Duration,
+
+    /// ServiceAccount in the operator's namespace whose short-lived tokens (TokenRequest API) log
+    /// in to Vault; it should have no RBAC at all
+    #[arg(long, value_name = "NAME", default_value = "phylax-vault-auth", value_parser = crate::runtime::names::parse_object_name)]
+    pub vault_auth_service_account: String,
 }
 
 type Fetched = Result<SecretBytes, StoreError>;
@@ -159,6 +164,7 @@ pub async fn run(
                 client: client.clone(),
                 namespace,
                 timeout: args.sync_store_timeout,
+                vault_service_account: args.vault_auth_service_account.clone(),
             },
         ),
         namespaces,
@@ -611,6 +617,7 @@ mod tests {
                     client: client.clone(),
                     namespace: "phylax-system".into(),
                     timeout: Duration::from_secs(1),
+                    vault_service_account: "phylax-vault-auth".into(),
                 },
             ),
             namespaces: reflector::store().0,

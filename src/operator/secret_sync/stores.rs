@@ -104,7 +104,11 @@ impl Stores {
             return;
         }
         let kind = sp.spec.store_kind().ok();
-        let (configured, reachable) = match self.store(sp).await {
+        let store = match super::access::check_patterns(&sp.spec.paths) {
+            Ok(()) => self.store(sp).await,
+            Err(why) => Err(StoreError::Config(why)),
+        };
+        let (configured, reachable) = match store {
             Err(e) => ((false, "InvalidSpec", e.to_string()), None),
             Ok(store) => match store.check().await {
                 Ok(()) => (
@@ -263,6 +267,7 @@ mod tests {
                 client,
                 namespace: "phylax-system".into(),
                 timeout: std::time::Duration::from_secs(1),
+                vault_service_account: "phylax-vault-auth".into(),
             },
         )
     }

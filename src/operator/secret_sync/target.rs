@@ -1,10 +1,12 @@
 //! Writing the synced Secret in the requester's namespace, without ever taking over a Secret
 //! Phylax did not create.
 //!
-//! A new Secret is created (atomically: it fails if one appeared meanwhile) as an empty shell
-//! carrying Phylax's label; its data, and every later change, is written by server-side apply with
-//! the operator's one field manager and the resourceVersion just read as a precondition, so a
-//! Secret replaced between read and write is read again instead of overwritten. Keys dropped from
+//! A new Secret is created with its data in one create (atomic: it fails if one appeared
+//! meanwhile), so no version of it ever lacks its keys: a kubelet mounting it for a waiting pod, a
+//! watch or a GitOps diff never sees an empty Secret. The same content is then applied once with
+//! server-side apply, which makes the operator's one field manager the owner of its keys; every
+//! later change is written that way too, with the resourceVersion just read as a precondition, so
+//! a Secret replaced between read and write is read again instead of overwritten. Keys dropped from
 //! the source are dropped from the Secret, as SSA removes fields its manager no longer applies.
 
 use std::collections::BTreeMap;
@@ -20,6 +22,9 @@ use crate::runtime::ownership::{self, OPERATOR_MANAGER as MANAGER};
 pub const PROVIDER: &str = "secrets.phylax.dev/provider";
 pub const PATH: &str = "secrets.phylax.dev/path";
 pub const CONTENT_HASH: &str = "secrets.phylax.dev/content-hash";
+/// The keys Phylax wrote, comma-separated: a key the source drops is removed even when the
+/// create (not the apply) put it there, which server-side apply alone would leave.
+pub const KEYS: &str = "secrets.phylax.dev/keys";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {
@@ -37,10 +42,14 @@ pub struct Target<'a> {
 }
 
 impl Target<'_> {
-    fn metadata(&self, hash: Option<&str>, resource_version: Option<String>) -> ObjectMeta {
+    fn metadata(&self, data: &Data, hash: Option<&str>, resource_version: Option<String>) -> ObjectMeta {
         let mut annotations = BTreeMap::from([
             (PROVIDER.to_owned(), self.provider.to_owned()),
             (PATH.to_owned(), self.path.to_owned()),
+            (
+                KEYS.to_owned(),
+                data.keys().cloned().collect::<Vec<_>>().join(","),
+            ),
         ]);
         if let Some(h) = hash {
             annotations.insert(CONTENT_HASH.to_owned(), h.to_owned());
@@ -65,16 +74,17 @@ impl Target<'_> {
             let current = match current {
                 Some(s) => s,
                 None => {
-                    let shell = Secret {
-                        metadata: self.metadata(None, None),
+                    let whole = Secret {
+                        metadata: self.metadata(data, Some(&hash), None),
                         type_: Some("Opaque".into()),
+                        data: Some(data.clone()),
                         ..Default::default()
                     };
                     let pp = PostParams {
                         field_manager: Some(MANAGER.into()),
                         ..Default::default()
                     };
-                    match self.api.create(&pp, &shell).await {
+                    match self.api.create(&pp, &whole).await {
                         Ok(s) => {
                             created = true;
                             s
@@ -106,8 +116,41 @@ impl Target<'_> {
             if !created && ours_intact && annotations.get(CONTENT_HASH) == Some(&hash) {
                 return Ok(Written::Unchanged);
             }
+            // Keys we wrote that the source no longer has: removed first, under the version read.
+            let mut resource_version = current.metadata.resource_version.clone();
+            let dropped: Vec<&str> = annotations
+                .get(KEYS)
+                .map(|k| {
+                    k.split(',')
+                        .filter(|k| !k.is_empty() && !data.contains_key(*k))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let dropped: Vec<&str> = dropped
+                .into_iter()
+                .filter(|k| existing.contains_key(*k))
+                .collect();
+            if !dropped.is_empty() {
+                let mut ops = vec![
+                    serde_json::json!({"op": "test", "path": "/metadata/resourceVersion", "value": resource_version}),
+                ];
+                for k in dropped {
+                    ops.push(serde_json::json!({"op": "remove", "path": format!("/data/{}", k.replace('~', "~0").replace('/', "~1"))}));
+                }
+                let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
+                    .map_err(|e| SyncError::Write(e.to_string()))?;
+                match self
+                    .api
+                    .patch(self.name, &PatchParams::default(), &Patch::Json::<()>(patch))
+                    .await
+                {
+                    Ok(s) => resource_version = s.metadata.resource_version,
+                    Err(kube::Error::Api(s)) if s.code == 409 || s.code == 422 => continue,
+                    Err(e) => return Err(write_error(e)),
+                }
+            }
             let desired = Secret {
-                metadata: self.metadata(Some(&hash), current.metadata.resource_version.clone()),
+                metadata: self.metadata(data, Some(&hash), resource_version),
                 type_: current.type_.clone().or(Some("Opaque".into())),
                 data: Some(data.clone()),
                 ..Default::default()
@@ -208,7 +251,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_new_secret_is_created_then_filled_by_server_side_apply() {
+    async fn a_new_secret_is_created_with_its_data_then_owned_by_server_side_apply() {
         let written = write_with(|mut api| async move {
             let get = api.next().await;
             get.expect(Method::GET, PATH_URL);
@@ -218,7 +261,14 @@ mod tests {
             create.expect(Method::POST, "/api/v1/namespaces/shop/secrets");
             assert_eq!(create.body["metadata"]["labels"][MANAGED_BY_LABEL], "phylax");
             assert_eq!(create.body["metadata"]["annotations"][PROVIDER], "aws-prod");
-            let created = ours("", Value::Null);
+            // The data is in the create: no version of the Secret lacks its keys.
+            assert_eq!(create.body["data"]["password"], "czNjcmV0");
+            let hash = content_hash(&data());
+            assert_eq!(
+                create.body["metadata"]["annotations"][CONTENT_HASH],
+                hash.as_str()
+            );
+            let created = ours(&hash, json!({"password": "czNjcmV0"}));
             create.respond(StatusCode::CREATED, created);
 
             let apply = api.next().await;
@@ -324,6 +374,41 @@ mod tests {
             assert_eq!(apply.body["data"]["password"], "czNjcmV0");
             let body = apply.body.clone();
             apply.ok(body);
+        })
+        .await;
+        assert_eq!(written, Ok(Written::Updated));
+    }
+
+    /// The create owns the keys it wrote (an Update manager, not the apply), so server-side apply
+    /// alone would keep a key the source dropped: it is removed explicitly, under a version test.
+    #[tokio::test]
+    async fn a_key_the_source_dropped_is_removed_even_if_the_create_wrote_it() {
+        let written = write_with(|mut api| async move {
+            api.next().await.ok(secret(
+                json!({MANAGED_BY_LABEL: "phylax"}),
+                json!({PROVIDER: "aws-prod", PATH: "/prod/db", CONTENT_HASH: "old", KEYS: "old_key,password"}),
+                json!({"password": "b2xk", "old_key": "eA==", "theirs": "eQ=="}),
+            ));
+            let remove = api.next().await;
+            remove.expect(Method::PATCH, PATH_URL);
+            assert_eq!(remove.content_type.as_deref(), Some("application/json-patch+json"));
+            assert_eq!(
+                remove.body,
+                json!([
+                    {"op": "test", "path": "/metadata/resourceVersion", "value": "7"},
+                    {"op": "remove", "path": "/data/old_key"},
+                ])
+            );
+            let mut after = ours("old", json!({"password": "b2xk", "theirs": "eQ=="}));
+            after["metadata"]["resourceVersion"] = json!("8");
+            remove.ok(after);
+            let apply = api.next().await;
+            expect_apply(&apply);
+            assert_eq!(apply.body["metadata"]["resourceVersion"], "8");
+            assert_eq!(apply.body["metadata"]["annotations"][KEYS], "password");
+            let body = apply.body.clone();
+            apply.ok(body);
+            api.no_more_calls().await;
         })
         .await;
         assert_eq!(written, Ok(Written::Updated));

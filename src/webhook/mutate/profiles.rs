@@ -128,6 +128,71 @@ impl Handler for ProfileBinder {
     }
 }
 
+/// Where a pod names the recording profile itself, however the path is spelt (`./x`, `a/../x`: the
+/// kubelet resolves it under its seccomp root): (JSON path, value).
+fn recording_profile_claims(pod: &Pod) -> Vec<(String, String)> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Vec::new();
+    };
+    let is_recording = |sp: Option<&k8s_openapi::api::core::v1::SeccompProfile>| {
+        sp.and_then(|p| p.localhost_profile.clone())
+            .filter(|p| normalise(p) == RECORDING_PROFILE)
+    };
+    let mut claims = Vec::new();
+    if let Some(p) = is_recording(
+        spec.security_context
+            .as_ref()
+            .and_then(|s| s.seccomp_profile.as_ref()),
+    ) {
+        claims.push(("/spec/securityContext".to_owned(), p));
+    }
+    let containers = spec
+        .containers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (format!("/spec/containers/{i}"), c.security_context.as_ref()))
+        .chain(
+            spec.init_containers
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, c)| (format!("/spec/initContainers/{i}"), c.security_context.as_ref())),
+        )
+        .chain(
+            spec.ephemeral_containers
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, c)| {
+                    (
+                        format!("/spec/ephemeralContainers/{i}"),
+                        c.security_context.as_ref(),
+                    )
+                }),
+        );
+    for (path, sc) in containers {
+        if let Some(p) = is_recording(sc.and_then(|s| s.seccomp_profile.as_ref())) {
+            claims.push((path, p));
+        }
+    }
+    claims
+}
+
+/// A relative path with `.`, `..` and empty segments resolved, as a path joined under a root.
+fn normalise(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for segment in path.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            s => parts.push(s),
+        }
+    }
+    parts.join("/")
+}
+
 fn privileged(c: &Container) -> bool {
     c.security_context.as_ref().and_then(|s| s.privileged) == Some(true)
 }
@@ -215,57 +280,84 @@ pub fn decide(
         .filter(|(_, r)| selector_matches(&r.pod_selector, labels))
         .collect();
     active.sort_by(|a, b| a.0.cmp(&b.0));
-    if let Some((recording, _)) = active.first() {
-        for (path, c) in &containers {
-            set_seccomp(&mut patch, path, c, RECORDING_PROFILE);
+    let recording = active.first().map(|(name, _)| name.as_str());
+
+    // Bindings first: a recording never takes a container a binding covers, so a pod author who
+    // matches a recording's selector cannot trade a binding's profile for the log-everything one.
+    let mut bound = Vec::new();
+    let mut recorded: Vec<&str> = Vec::new();
+    for (path, c) in &containers {
+        let image = c.image.as_deref().unwrap_or_default();
+        let Some((binding, b)) = binding_for(bindings, labels, image) else {
+            if recording.is_some() {
+                set_seccomp(&mut patch, path, c, RECORDING_PROFILE);
+                recorded.push(path);
+            }
+            continue;
+        };
+        let (kind, name) = (b.profile_ref.kind, b.profile_ref.name.as_str());
+        match state(kind, name).as_deref() {
+            Some("Installed") => {}
+            other => {
+                let why = match other {
+                    None => format!("{} {name} does not exist", kind.as_str()),
+                    Some(s) => format!("{} {name} is {s}, not Installed on every node", kind.as_str()),
+                };
+                return Verdict::deny(format!(
+                    "ProfileBinding {binding} binds {} {name} to container {:?} (image {image:?}), but {why}; \
+                     the pod is refused so it does not fail to start on a node without the profile. \
+                     Create it again once `kubectl get {} {name}` shows Installed",
+                    kind.as_str(),
+                    c.name,
+                    match kind {
+                        ProfileKind::SeccompProfile => "seccompprofile",
+                        ProfileKind::AppArmorProfile => "apparmorprofile",
+                    }
+                ));
+            }
         }
-        annotations.insert(RECORDING_ANNOTATION.into(), recording.clone());
+        match kind {
+            ProfileKind::SeccompProfile => {
+                set_seccomp(&mut patch, path, c, &seccomp_localhost_profile(name));
+            }
+            ProfileKind::AppArmorProfile => {
+                annotations.insert(
+                    format!("{APPARMOR_ANNOTATION_PREFIX}{}", c.name),
+                    format!("localhost/{name}"),
+                );
+            }
+        }
+        bound.push(format!("{}={}/{name}", c.name, kind.as_str()));
+    }
+    if !bound.is_empty() {
+        annotations.insert(BOUND_ANNOTATION.into(), bound.join(","));
+    }
+    let recording = recording.filter(|_| !recorded.is_empty());
+    if let Some(recording) = recording {
+        annotations.insert(RECORDING_ANNOTATION.into(), recording.to_owned());
         warnings.push(format!(
-            "ProfileRecording {recording} records this pod's syscalls; its ProfileBindings are not applied while it records"
+            "ProfileRecording {recording} records the syscalls of the containers no ProfileBinding covers"
         ));
-    } else {
-        let mut bound = Vec::new();
-        for (path, c) in &containers {
-            let image = c.image.as_deref().unwrap_or_default();
-            let Some((binding, b)) = binding_for(bindings, labels, image) else {
-                continue;
-            };
-            let (kind, name) = (b.profile_ref.kind, b.profile_ref.name.as_str());
-            match state(kind, name).as_deref() {
-                Some("Installed") => {}
-                other => {
-                    let why = match other {
-                        None => format!("{} {name} does not exist", kind.as_str()),
-                        Some(s) => format!("{} {name} is {s}, not Installed on every node", kind.as_str()),
-                    };
-                    return Verdict::deny(format!(
-                        "ProfileBinding {binding} binds {} {name} to container {:?} (image {image:?}), but {why}; \
-                         the pod is refused so it does not fail to start on a node without the profile. \
-                         Create it again once `kubectl get {} {name}` shows Installed",
-                        kind.as_str(),
-                        c.name,
-                        match kind {
-                            ProfileKind::SeccompProfile => "seccompprofile",
-                            ProfileKind::AppArmorProfile => "apparmorprofile",
-                        }
-                    ));
-                }
-            }
-            match kind {
-                ProfileKind::SeccompProfile => {
-                    set_seccomp(&mut patch, path, c, &seccomp_localhost_profile(name));
-                }
-                ProfileKind::AppArmorProfile => {
-                    annotations.insert(
-                        format!("{APPARMOR_ANNOTATION_PREFIX}{}", c.name),
-                        format!("localhost/{name}"),
-                    );
-                }
-            }
-            bound.push(format!("{}={}/{name}", c.name, kind.as_str()));
-        }
-        if !bound.is_empty() {
-            annotations.insert(BOUND_ANNOTATION.into(), bound.join(","));
+    }
+
+    // The recording profile logs every syscall and filters none, and the recording annotation
+    // makes the node agent write a cluster-wide profile: both are Phylax's to set, for the
+    // containers a recording selects, and a pod that sets them itself is refused.
+    if let Some(claimed) = pod.annotations().get(RECORDING_ANNOTATION)
+        && recording != Some(claimed.as_str())
+    {
+        return Verdict::deny(format!(
+            "the annotation {RECORDING_ANNOTATION} is set by Phylax only, on pods a ProfileRecording \
+             selects; no ProfileRecording {claimed:?} in this namespace selects this pod: remove the annotation"
+        ));
+    }
+    for (path, names) in recording_profile_claims(pod) {
+        if !recorded.contains(&path.as_str()) {
+            return Verdict::deny(format!(
+                "{path} names {names:?}, Phylax's recording profile, which logs every syscall and \
+                 blocks none; only Phylax gives it, to containers a ProfileRecording selects: \
+                 use RuntimeDefault or a SeccompProfile of your own"
+            ));
         }
     }
     if patch.is_empty() && annotations.is_empty() {
@@ -450,17 +542,19 @@ mod tests {
             json!({"metadata": {"name": "p", "labels": {"app": "web"}, "annotations": {"a": "b"}},
             "spec": {"containers": [{"name": "web", "image": "web"}]}}),
         );
-        let b = vec![(
-            "b".to_owned(),
-            binding("*", ProfileKind::SeccompProfile, "x", None),
-        )];
-        let out = apply(&p, &decide(&p, &b, &[("rec".into(), rec.clone())], installed));
+        let out = apply(&p, &decide(&p, &[], &[("rec".into(), rec.clone())], installed));
         assert_eq!(
             out["spec"]["containers"][0]["securityContext"]["seccompProfile"]["localhostProfile"],
             RECORDING_PROFILE
         );
         assert_eq!(out["metadata"]["annotations"][RECORDING_ANNOTATION], "rec");
         assert_eq!(out["metadata"]["annotations"]["a"], "b");
+        // Called again on its own output (reinvocation), the webhook accepts what it set.
+        let again: Pod = serde_json::from_value(out.clone()).unwrap();
+        assert!(matches!(
+            decide(&again, &[], &[("rec".into(), rec.clone())], installed),
+            Verdict::Patch { .. }
+        ));
         let other = pod(
             json!({"metadata": {"name": "p", "labels": {"app": "db"}}, "spec": {"containers": [{"name": "db", "image": "db"}]}}),
         );
@@ -468,5 +562,64 @@ mod tests {
             decide(&other, &[], &[("rec".into(), rec)], installed),
             Verdict::allow()
         );
+    }
+
+    /// Attack: a pod author labels the pod to match a recording, to swap the profile a binding
+    /// gives for the log-everything one.
+    #[test]
+    fn a_recording_never_overrides_a_binding() {
+        let rec = ProfileRecordingSpec {
+            kind: ProfileKind::SeccompProfile,
+            recorder: Recorder::Logs,
+            pod_selector: serde_json::from_value(json!({"matchLabels": {"app": "web"}})).unwrap(),
+        };
+        let p = pod(json!({"metadata": {"name": "p", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "web", "image": "web"}, {"name": "side", "image": "envoy"}]}}));
+        let b = vec![(
+            "b".to_owned(),
+            binding("web", ProfileKind::SeccompProfile, "x", None),
+        )];
+        let out = apply(&p, &decide(&p, &b, &[("rec".into(), rec)], installed));
+        let profile = |i: usize| {
+            out["spec"]["containers"][i]["securityContext"]["seccompProfile"]["localhostProfile"].clone()
+        };
+        assert_eq!(profile(0), json!(seccomp_localhost_profile("x")));
+        assert_eq!(profile(1), json!(RECORDING_PROFILE));
+        assert_eq!(out["metadata"]["annotations"][RECORDING_ANNOTATION], "rec");
+    }
+
+    /// Attack: a pod names the log-everything profile itself (Pod Security "restricted" accepts
+    /// any Localhost profile), however the path is spelt, or claims a recording to make the node
+    /// agent write a cluster-wide profile.
+    #[test]
+    fn pods_cannot_claim_the_recording_profile_or_annotation() {
+        for path in [
+            RECORDING_PROFILE,
+            "./phylax-recording.json",
+            "phylax/../phylax-recording.json",
+        ] {
+            for p in [
+                json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i",
+                    "securityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": path}}}]}}),
+                json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}],
+                    "securityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": path}}}}),
+                json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}],
+                    "initContainers": [{"name": "i", "image": "i",
+                        "securityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": path}}}]}}),
+            ] {
+                match decide(&pod(p.clone()), &[], &[], installed) {
+                    Verdict::Deny { message } => assert!(message.contains("recording profile"), "{message}"),
+                    other => panic!("{p} was admitted: {other:?}"),
+                }
+            }
+        }
+        let claimed = pod(
+            json!({"metadata": {"name": "p", "annotations": {RECORDING_ANNOTATION: "rec"}},
+            "spec": {"containers": [{"name": "c", "image": "i"}]}}),
+        );
+        match decide(&claimed, &[], &[], installed) {
+            Verdict::Deny { message } => assert!(message.contains("set by Phylax only"), "{message}"),
+            other => panic!("a claimed recording was admitted: {other:?}"),
+        }
     }
 }

@@ -6,7 +6,7 @@ use kube::core::admission::AdmissionRequest;
 use serde_json::Value;
 
 use crate::api::sync_annotation::{ANNOTATION, parse};
-use crate::webhook::review::{FailurePolicy, Handler, Verdict, object};
+use crate::webhook::review::{FailurePolicy, Handler, Verdict};
 
 pub struct SecretSyncAnnotation;
 
@@ -37,21 +37,94 @@ impl Handler for SecretSyncAnnotation {
     }
 
     fn review(&self, req: &AdmissionRequest<DynamicObject>) -> anyhow::Result<Verdict> {
-        let Some(obj) = object(req) else {
+        let kind = req.kind.kind.as_str();
+        let Some(value) = req.object.as_ref().and_then(|o| annotation(kind, o)) else {
             return Ok(Verdict::allow());
         };
-        let Some(value) = pod_metadata(&req.kind.kind, &obj)
-            .and_then(|m| m.pointer(&format!("/annotations/{}", ANNOTATION.replace('/', "~1"))))
-        else {
-            return Ok(Verdict::allow());
+        let problem = match value.as_str() {
+            None => format!("{ANNOTATION} must be a string"),
+            Some(text) => match parse(text) {
+                Ok(_) => return Ok(Verdict::allow()),
+                Err(why) if kind == "Pod" => why,
+                Err(why) => format!("pod template: {why}"),
+            },
         };
-        let Some(text) = value.as_str() else {
-            return Ok(Verdict::deny(format!("{ANNOTATION} must be a string")));
-        };
-        Ok(match parse(text) {
-            Ok(_) => Verdict::allow(),
-            Err(why) if req.kind.kind == "Pod" => Verdict::deny(why),
-            Err(why) => Verdict::deny(format!("pod template: {why}")),
+        // An update that leaves a malformed annotation as it was (a scale, a label, a finalizer
+        // removed) is not this webhook's to block: it was admitted before, or predates Phylax.
+        let unchanged = req.old_object.as_ref().and_then(|o| annotation(kind, o)) == Some(value);
+        Ok(if unchanged {
+            Verdict::Allow {
+                warnings: vec![format!("{problem} (left as is: this update does not change it)")],
+            }
+        } else {
+            Verdict::deny(problem)
         })
+    }
+}
+
+/// The annotation's value on the object's pod (template) metadata.
+fn annotation(kind: &str, obj: &DynamicObject) -> Option<Value> {
+    let obj = serde_json::to_value(obj).ok()?;
+    pod_metadata(kind, &obj)?
+        .pointer(&format!("/annotations/{}", ANNOTATION.replace('/', "~1")))
+        .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::admission::AdmissionReview;
+    use serde_json::json;
+
+    fn review(operation: &str, old: Option<&str>, new: &str) -> Verdict {
+        let pod = |a: &str| {
+            json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "shop", "annotations": {ANNOTATION: a}}})
+        };
+        let body = json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "name": "p", "namespace": "shop", "operation": operation,
+                "userInfo": {"username": "alice"},
+                "object": pod(new),
+                "oldObject": old.map(pod),
+            },
+        });
+        let review: AdmissionReview<DynamicObject> = serde_json::from_value(body).unwrap();
+        let req: AdmissionRequest<DynamicObject> = review.try_into().unwrap();
+        SecretSyncAnnotation.review(&req).unwrap()
+    }
+
+    #[test]
+    fn a_malformed_annotation_is_refused_when_it_is_set_or_changed() {
+        assert!(matches!(
+            review("CREATE", None, "provider: x"),
+            Verdict::Deny { .. }
+        ));
+        assert!(matches!(
+            review(
+                "UPDATE",
+                Some("{provider: p, path: /a, secretName: s}"),
+                "provider: x"
+            ),
+            Verdict::Deny { .. }
+        ));
+        assert_eq!(
+            review("CREATE", None, "{provider: p, path: /a, secretName: s}"),
+            Verdict::allow()
+        );
+    }
+
+    #[test]
+    fn an_update_that_keeps_a_malformed_annotation_is_admitted_with_a_warning() {
+        match review("UPDATE", Some("provider: x"), "provider: x") {
+            Verdict::Allow { warnings } => {
+                assert_eq!(warnings.len(), 1);
+                assert!(warnings[0].contains("left as is"), "{warnings:?}");
+            }
+            other => panic!("expected Allow, got {other:?}"),
+        }
     }
 }
