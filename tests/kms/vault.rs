@@ -190,7 +190,10 @@ async fn configuration_mistakes_are_clear_errors() {
     assert!(run(&[]).contains("--vault-addr"));
     assert!(run(&["--vault-addr=http://127.0.0.1:8200"]).contains("--vault-key"));
     let err = run(&["--vault-addr=http://vault.example:8200", "--vault-key=k"]);
-    assert!(err.contains("must be https://") && err.contains("only on loopback"), "{err}");
+    assert!(
+        err.contains("must be https://") && err.contains("only on loopback"),
+        "{err}"
+    );
     let err = run(&["--vault-addr=https://vault:8200", "--vault-key=../k"]);
     assert!(err.contains("not a Transit key name"), "{err}");
     let err = run(&["--vault-addr=https://vault:8200", "--vault-key=a/b"]);
