@@ -255,7 +255,10 @@ async fn updates_that_keep_a_malformed_annotation_are_not_blocked() {
         )
         .await
         .expect_err("changing it to another malformed value is refused");
-    assert!(err.to_string().contains("secretName is missing"), "{err}");
+    assert!(
+        err.to_string().contains("denied the request") && err.to_string().contains("is missing"),
+        "{err}"
+    );
     Api::<ValidatingWebhookConfiguration>::all(client)
         .delete(&config, &DeleteParams::default())
         .await
