@@ -256,10 +256,7 @@ async fn converge(shared: Arc<Shared>, profiles: Store<GuardedSeccomp>, synced: 
 
 async fn reconcile_seccomp(obj: Arc<GuardedSeccomp>, ctx: Arc<SeccompCtx>) -> Result<Action, Error> {
     let result = install_seccomp(&obj, &ctx).await;
-    if result.is_ok() {
-        ctx.shared.policy.succeeded(obj.as_ref());
-    }
-    result
+    ctx.shared.policy.track(obj.as_ref(), result)
 }
 
 /// Installs, keeps or removes one seccomp profile's file on this node and reports it.
@@ -429,10 +426,7 @@ pub async fn run_apparmor(
 
 async fn reconcile_apparmor(obj: Arc<GuardedAppArmor>, ctx: Arc<AppArmorCtx>) -> Result<Action, Error> {
     let result = load_apparmor(&obj, &ctx).await;
-    if result.is_ok() {
-        ctx.shared.policy.succeeded(obj.as_ref());
-    }
-    result
+    ctx.shared.policy.track(obj.as_ref(), result)
 }
 
 /// Loads, keeps or unloads one AppArmor profile on this node and reports it.

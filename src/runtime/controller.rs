@@ -82,6 +82,14 @@ impl ErrorPolicy {
         }
     }
 
+    /// Passes a reconcile's result through, resetting the object's backoff when it succeeded.
+    pub fn track<K: Resource, T, E>(&self, obj: &K, result: Result<T, E>) -> Result<T, E> {
+        if result.is_ok() {
+            self.succeeded(obj);
+        }
+        result
+    }
+
     /// For `Controller::run`'s error policy: counts, logs and schedules the retry.
     pub fn failed<K: Resource, E: ReconcileError>(&self, obj: &K, error: &E) -> Action {
         Action::requeue(self.retry_delay(obj, error))

@@ -42,6 +42,21 @@ async fn credential_secret(client: &kube::Client, ns: &str, name: &str, key: &st
         .unwrap();
 }
 
+/// The Vault double with role `shop` bound, as the README says to bind it, to the operator's
+/// `phylax-vault-auth` account and the audience `vault`.
+async fn vault_for_operator(client: &kube::Client, op_ns: &str) -> VaultDouble {
+    VaultDouble::start(
+        VaultBinding {
+            reviewer: client.clone(),
+            namespace: op_ns.to_owned(),
+            service_account: "phylax-vault-auth".into(),
+            audience: "vault".into(),
+        },
+        "shop",
+    )
+    .await
+}
+
 #[tokio::test]
 async fn vault_kv2_with_kubernetes_auth_denials_and_a_sealed_vault() {
     let _one = serial().await;
@@ -62,16 +77,7 @@ async fn vault_kv2_with_kubernetes_auth_denials_and_a_sealed_vault() {
         )
         .await
         .unwrap();
-    let vault = VaultDouble::start(
-        VaultBinding {
-            reviewer: client.clone(),
-            namespace: op_ns.name.clone(),
-            service_account: "phylax-vault-auth".into(),
-            audience: "vault".into(),
-        },
-        "shop",
-    )
-    .await;
+    let vault = vault_for_operator(&client, &op_ns.name).await;
     vault.state.secrets.lock().unwrap().insert(
         "shop/db".into(),
         json!({"user": "app", "password": VAULT_PLANTED}),
@@ -205,16 +211,7 @@ async fn a_secret_provider_cannot_make_the_operator_send_its_credentials_elsewhe
         )
         .await
         .unwrap();
-    let vault = VaultDouble::start(
-        VaultBinding {
-            reviewer: client.clone(),
-            namespace: op_ns.name.clone(),
-            service_account: "phylax-vault-auth".into(),
-            audience: "vault".into(),
-        },
-        "shop",
-    )
-    .await;
+    let vault = vault_for_operator(&client, &op_ns.name).await;
     let base = |auth: serde_json::Value, address: &str| json!({"vault": {"address": address, "auth": auth}, "namespaces": {"names": [ns.name]}, "paths": ["*"]});
     let cases = [
         (

@@ -115,14 +115,20 @@ pub async fn run(
                 let gone = pods.get(&ObjectRef::from_obj(pod.as_ref())).is_none();
                 let ended = matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
                 if gone || ended {
+                    // One check per recording the pod's containers name (normally one per pod).
+                    let mut checked: HashMap<(String, String), Result<(), String>> = HashMap::new();
                     for (target, syscalls) in state.take(&pod.uid().unwrap_or_default()) {
-                        let verified = match verify(&client, &pod, &target).await {
-                            Ok(v) => v,
-                            Err(e) => {
-                                tracing::warn!(recording = %target.recording, namespace = %target.namespace, error = %e, "cannot read the ProfileRecording; nothing written");
-                                metrics.recordings.get_or_create(&ResultLabels { result: "failed" }).inc();
-                                continue;
-                            }
+                        let key = (target.namespace.clone(), target.recording.clone());
+                        let verified = match checked.get(&key) {
+                            Some(v) => v.clone(),
+                            None => match verify(&client, &pod, &target).await {
+                                Ok(v) => checked.entry(key).or_insert(v).clone(),
+                                Err(e) => {
+                                    tracing::warn!(recording = %target.recording, namespace = %target.namespace, error = %e, "cannot read the ProfileRecording; nothing written");
+                                    metrics.recordings.get_or_create(&ResultLabels { result: "failed" }).inc();
+                                    continue;
+                                }
+                            },
                         };
                         if let Err(why) = verified {
                             tracing::warn!(recording = %target.recording, namespace = %target.namespace, pod = %pod.name_any(), reason = %why, "the pod's recording annotation is not backed by a ProfileRecording; nothing written");

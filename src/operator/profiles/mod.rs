@@ -216,10 +216,7 @@ async fn controller<K: Profile>(
 
 async fn reconcile<K: Profile>(obj: Arc<DeserializeGuard<K>>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let result = update_status::<K>(&obj, &ctx).await;
-    if result.is_ok() {
-        ctx.policy.succeeded(obj.as_ref());
-    }
-    result
+    ctx.policy.track(obj.as_ref(), result)
 }
 
 /// Releases finalizers and reports of nodes that are gone, then writes the aggregated status.

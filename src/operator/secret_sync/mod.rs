@@ -336,10 +336,9 @@ async fn reconcile<K: kube::Resource>(
         Some(t) => sync(&t, &ctx).await,
         None => Ok(()),
     };
-    if result.is_ok() {
-        ctx.policy.succeeded(obj.as_ref());
-    }
-    result.map(|()| Action::await_change())
+    ctx.policy
+        .track(obj.as_ref(), result)
+        .map(|()| Action::await_change())
 }
 
 impl Ctx {

@@ -10,14 +10,14 @@ use crate::webhook::review::{FailurePolicy, Handler, Verdict};
 
 pub struct SecretSyncAnnotation;
 
-/// Where the pod template's metadata is, per kind.
-fn pod_metadata<'a>(kind: &str, obj: &'a Value) -> Option<&'a Value> {
+/// Where the pod template's annotation is, per kind, as a JSON pointer into the object's data
+/// (`~1` is the pointer's spelling of `/`).
+fn template_annotation_pointer(kind: &str) -> Option<&'static str> {
     match kind {
-        "Pod" => obj.get("metadata"),
         "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => {
-            obj.pointer("/spec/template/metadata")
+            Some("/spec/template/metadata/annotations/secrets.phylax.dev~1sync")
         }
-        "CronJob" => obj.pointer("/spec/jobTemplate/spec/template/metadata"),
+        "CronJob" => Some("/spec/jobTemplate/spec/template/metadata/annotations/secrets.phylax.dev~1sync"),
         _ => None,
     }
 }
@@ -62,18 +62,36 @@ impl Handler for SecretSyncAnnotation {
     }
 }
 
-/// The annotation's value on the object's pod (template) metadata.
+/// The annotation's value on the object's pod (template) metadata, read in place: a review is on
+/// every pod's path, and re-serialising the object for one field is work the webhook can skip.
 fn annotation(kind: &str, obj: &DynamicObject) -> Option<Value> {
-    let obj = serde_json::to_value(obj).ok()?;
-    pod_metadata(kind, &obj)?
-        .pointer(&format!("/annotations/{}", ANNOTATION.replace('/', "~1")))
-        .cloned()
+    if kind == "Pod" {
+        return obj
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(ANNOTATION)
+            .map(|a| Value::String(a.clone()));
+    }
+    obj.data.pointer(template_annotation_pointer(kind)?).cloned()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use kube::core::admission::AdmissionReview;
+
+    #[test]
+    fn the_pointer_names_the_annotation() {
+        assert_eq!(
+            template_annotation_pointer("Job").map(|p| p
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .replace("~1", "/")),
+            Some(ANNOTATION.to_owned())
+        );
+    }
     use serde_json::json;
 
     fn review(operation: &str, old: Option<&str>, new: &str) -> Verdict {
