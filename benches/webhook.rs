@@ -3,6 +3,11 @@
 //! from each request's scheduled time, so a stall is not hidden) and at saturation. Reports p50/p99,
 //! the webhook's CPU per 1,000 reviews, and its RSS.
 //!
+//! Then, side by side under wrk (16 keep-alive connections, the same review, the same certificate),
+//! Phylax's validating route and a floor: a Go server using only the standard library that decodes
+//! the review and allows it (`benches/webhook-baseline/main.go`). Needs `wrk` and `go`; without them
+//! that part is skipped with a note.
+//!
 //! Run: `cargo bench --bench webhook`. `PHYLAX_BENCH_SECONDS` (default 10) sets each phase's length.
 
 #[path = "../tests/support/mod.rs"]
@@ -277,4 +282,116 @@ async fn main() {
     report(&mut fixed_rate(webhook.pid(), port, &tls, &body, 500, secs).await);
     report(&mut saturation(webhook.pid(), port, &tls, &body, 16, secs).await);
     println!("webhook RSS after the runs: {} KiB", rss_kib(webhook.pid()));
+
+    side_by_side(dir.path(), port, &body, secs);
+}
+
+/// What wrk measured: reviews/s and the p50/p99 latency in ms.
+struct Wrk {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+}
+
+fn wrk(port: u16, script: &std::path::Path, secs: u64) -> Result<Wrk, String> {
+    let out = std::process::Command::new("wrk")
+        .args(["-t2", "-c16", &format!("-d{secs}s"), "--latency", "-s"])
+        .arg(script)
+        .arg(format!("https://127.0.0.1:{port}/validate/secret-sync"))
+        .output()
+        .map_err(|e| format!("cannot run wrk ({e}); apt-get install wrk"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || text.contains("Non-2xx") || text.contains("Socket errors") {
+        return Err(format!(
+            "wrk reports failures:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_owned()))
+            .ok_or_else(|| format!("no {prefix:?} in wrk's output:\n{text}"))
+    };
+    let ms = |v: String| -> Result<f64, String> {
+        let (num, scale) = if let Some(n) = v.strip_suffix("us") {
+            (n, 1e-3)
+        } else if let Some(n) = v.strip_suffix("ms") {
+            (n, 1.0)
+        } else if let Some(n) = v.strip_suffix('s') {
+            (n, 1e3)
+        } else {
+            return Err(format!("unknown latency unit in {v:?}"));
+        };
+        num.parse::<f64>()
+            .map(|n| n * scale)
+            .map_err(|e| format!("{v:?}: {e}"))
+    };
+    Ok(Wrk {
+        rate: field("Requests/sec:")?
+            .parse()
+            .map_err(|e| format!("Requests/sec: {e}"))?,
+        p50: ms(field("50%")?)?,
+        p99: ms(field("99%")?)?,
+    })
+}
+
+/// Phylax and the Go floor under the same wrk load, one after the other.
+fn side_by_side(tls_dir: &std::path::Path, phylax_port: u16, body: &Bytes, secs: u64) {
+    let script = tls_dir.join("review.lua");
+    let text = String::from_utf8_lossy(body);
+    assert!(!text.contains("]==]"), "the body fits a Lua long string");
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = [==[{text}]==]\n"
+        ),
+    )
+    .expect("lua script");
+    let baseline = tls_dir.join("baseline");
+    let built = std::process::Command::new("go")
+        .args(["build", "-o"])
+        .arg(&baseline)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/benches/webhook-baseline/main.go"
+        ))
+        .status();
+    if !matches!(built, Ok(s) if s.success()) {
+        println!("\n(side-by-side with wrk skipped: cannot build the Go baseline; install golang-go)");
+        return;
+    }
+    let go_port = support::free_port();
+    let mut go = std::process::Command::new(&baseline)
+        .arg(format!("127.0.0.1:{go_port}"))
+        .arg(tls_dir.join("tls.crt"))
+        .arg(tls_dir.join("tls.key"))
+        .spawn()
+        .expect("start the Go baseline");
+    let up = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", go_port)).is_err() {
+        assert!(
+            up.elapsed() < Duration::from_secs(10),
+            "the Go baseline did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "\nSide by side under wrk (2 threads, 16 keep-alive connections, {secs} s each, {} B review):",
+        body.len()
+    );
+    println!("| server | reviews/s | p50 (ms) | p99 (ms) |");
+    println!("|---|---|---|---|");
+    for (name, port) in [
+        ("Go standard library (floor)", go_port),
+        ("Phylax /validate/secret-sync", phylax_port),
+    ] {
+        // A short warm-up, then the measured run.
+        let _ = wrk(port, &script, 1);
+        match wrk(port, &script, secs) {
+            Ok(w) => println!("| {name} | {:.0} | {:.3} | {:.3} |", w.rate, w.p50, w.p99),
+            Err(e) => println!("| {name} | failed: {e} | | |"),
+        }
+    }
+    let _ = go.kill();
+    let _ = go.wait();
 }

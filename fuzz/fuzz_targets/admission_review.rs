@@ -12,7 +12,8 @@ fuzz_target!(|data: &[u8]| {
     match review::decode(data) {
         Ok(req) => {
             if let Ok(verdict) = SecretSyncAnnotation.review(&req) {
-                let _ = serde_json::to_vec(&review::respond(&req, verdict));
+                let answer = review::respond(&req, verdict);
+                assert!(serde_json::from_slice::<serde_json::Value>(&answer).is_ok());
             }
         }
         Err(why) => assert!(!why.is_empty()),

@@ -43,6 +43,20 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration::parse)]
     pub handler_timeout: Duration,
 
+    /// Reviews read or decided at once; past it a review waits, and is answered 503 (the webhook
+    /// configuration's failure policy) if its deadline passes first
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub max_concurrent_reviews: usize,
+
+    /// Memory that reviews over 64 KiB may hold at once, in MiB; ordinary Pod reviews never wait for
+    /// it, so a flood of large bodies cannot delay them. At least 5 (the largest review accepted)
+    #[arg(long, value_name = "MIB", default_value_t = 32)]
+    pub max_review_memory_mib: usize,
+
+    /// Connections served at once; more wait in the listen queue
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_connections: usize,
+
     /// What a failing handler answers, per webhook: NAME=closed (refuse) or NAME=open (admit with a
     /// warning). Repeatable
     #[arg(long = "failure-policy", value_name = "NAME=POLICY", value_parser = parse_policy)]
@@ -136,12 +150,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(Arc::new(cert.server_config()?));
     let client = crate::runtime::kube::connect(&args.kube).await?;
     let (profiles, _watches) = watch_profiles(client, rt.readiness.register("profile-index-synced"));
-    let webhooks = server::Webhooks::new(
-        handlers(profiles),
-        &args.failure_policies,
-        args.handler_timeout,
-        &rt.metrics,
-    )?;
+    let limits = server::Limits {
+        timeout: args.handler_timeout,
+        max_concurrent: args.max_concurrent_reviews,
+        large_body_budget: args.max_review_memory_mib.saturating_mul(1024 * 1024),
+    };
+    let webhooks = server::Webhooks::new(handlers(profiles), &args.failure_policies, limits, &rt.metrics)?;
+    if args.max_connections == 0 {
+        anyhow::bail!("--max-connections must be at least 1");
+    }
+    let connections = Arc::new(tokio::sync::Semaphore::new(args.max_connections));
     let app = server::router(webhooks);
     let listener = tokio::net::TcpListener::bind(args.listen_addr)
         .await
@@ -157,8 +175,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     rt.run(|shutdown| async move {
         let graceful = GracefulShutdown::new();
-        let builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // A client that opens a connection and sends nothing, or a header a byte at a time, must not
+        // hold a connection slot for long.
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10));
         loop {
+            // Waiting here leaves further connections in the kernel's listen queue.
+            let slot = tokio::select! {
+                slot = connections.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break,
+                },
+                _ = shutdown.cancelled() => break,
+            };
             let (tcp, _) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(c) => c,
@@ -173,6 +205,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let (acceptor, app, builder) = (acceptor.clone(), app.clone(), builder.clone());
             let watcher = graceful.watcher();
             tokio::spawn(async move {
+                let _slot = slot;
                 let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {

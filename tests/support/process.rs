@@ -90,6 +90,12 @@ impl Phylax {
         }
     }
 
+    /// Whether the process is still running.
+    #[allow(dead_code)]
+    pub fn try_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }

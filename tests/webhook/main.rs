@@ -22,6 +22,7 @@ use support::process::Phylax;
 use support::tls::{Ca, SecretVolume};
 use support::wait::wait_for;
 
+mod flood;
 mod operator_certs;
 
 async fn start_webhook(tls: &SecretVolume, port: Option<u16>) -> (Phylax, u16) {

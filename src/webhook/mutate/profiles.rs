@@ -8,8 +8,6 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
-use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, Operation};
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
@@ -20,7 +18,7 @@ use crate::api::profiles::{
     ProfileKind, ProfileRecording, ProfileRecordingSpec, RECORDING_ANNOTATION, RECORDING_PROFILE, Recorder,
     SeccompProfile, glob_matches, seccomp_localhost_profile, selector_matches,
 };
-use crate::webhook::review::{FailurePolicy, Handler, Verdict, object};
+use crate::webhook::review::{FailurePolicy, Handler, Operation, Request, Verdict};
 
 /// The cluster state the decision needs, kept by watches in the webhook role.
 #[derive(Clone)]
@@ -94,17 +92,17 @@ impl Handler for ProfileBinder {
         FailurePolicy::Closed
     }
 
-    fn review(&self, req: &AdmissionRequest<DynamicObject>) -> anyhow::Result<Verdict> {
+    fn review(&self, req: &Request) -> anyhow::Result<Verdict> {
         if req.operation != Operation::Create || req.kind.kind != "Pod" {
             return Ok(Verdict::allow());
         }
-        let Some(obj) = object(req) else {
+        let Some(pod) = req.object::<Pod>() else {
             return Ok(Verdict::allow());
         };
         if !self.index.ready() {
             anyhow::bail!("the webhook has not yet read the cluster's ProfileBindings and profiles");
         }
-        let pod: Pod = serde_json::from_value(obj)?;
+        let pod = pod?;
         let namespace = req.namespace.clone().unwrap_or_default();
         let bindings: Vec<(String, ProfileBindingSpec)> = self
             .index

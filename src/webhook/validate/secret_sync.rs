@@ -1,25 +1,53 @@
 //! Refuses a malformed `secrets.phylax.dev/sync` annotation on Pods and on the pod templates of
 //! workloads, with the message the secret-sync controller would give, so it shows at apply time.
 
-use kube::core::DynamicObject;
-use kube::core::admission::AdmissionRequest;
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::api::sync_annotation::{ANNOTATION, parse};
-use crate::webhook::review::{FailurePolicy, Handler, Verdict};
+use crate::webhook::review::{FailurePolicy, Handler, Request, Verdict};
 
 pub struct SecretSyncAnnotation;
 
-/// Where the pod template's annotation is, per kind, as a JSON pointer into the object's data
-/// (`~1` is the pointer's spelling of `/`).
-fn template_annotation_pointer(kind: &str) -> Option<&'static str> {
-    match kind {
-        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => {
-            Some("/spec/template/metadata/annotations/secrets.phylax.dev~1sync")
-        }
-        "CronJob" => Some("/spec/jobTemplate/spec/template/metadata/annotations/secrets.phylax.dev~1sync"),
-        _ => None,
-    }
+/// The only parts of a Pod or workload this webhook reads; serde skips the rest of the object
+/// without building it.
+#[derive(Deserialize)]
+struct Metadata {
+    #[serde(default)]
+    annotations: Option<BTreeMap<String, Value>>,
+}
+
+#[derive(Deserialize)]
+struct WithMetadata {
+    #[serde(default)]
+    metadata: Option<Metadata>,
+}
+
+#[derive(Deserialize)]
+struct WithTemplate {
+    #[serde(default)]
+    template: Option<WithMetadata>,
+}
+
+#[derive(Deserialize)]
+struct Workload {
+    #[serde(default)]
+    spec: Option<WithTemplate>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CronJobSpec {
+    #[serde(default)]
+    job_template: Option<Workload>,
+}
+
+#[derive(Deserialize)]
+struct CronJob {
+    #[serde(default)]
+    spec: Option<CronJobSpec>,
 }
 
 impl Handler for SecretSyncAnnotation {
@@ -36,9 +64,9 @@ impl Handler for SecretSyncAnnotation {
         FailurePolicy::Open
     }
 
-    fn review(&self, req: &AdmissionRequest<DynamicObject>) -> anyhow::Result<Verdict> {
+    fn review(&self, req: &Request) -> anyhow::Result<Verdict> {
         let kind = req.kind.kind.as_str();
-        let Some(value) = req.object.as_ref().and_then(|o| annotation(kind, o)) else {
+        let Some(value) = annotation(kind, req.object.as_deref())? else {
             return Ok(Verdict::allow());
         };
         let problem = match value.as_str() {
@@ -51,7 +79,10 @@ impl Handler for SecretSyncAnnotation {
         };
         // An update that leaves a malformed annotation as it was (a scale, a label, a finalizer
         // removed) is not this webhook's to block: it was admitted before, or predates Phylax.
-        let unchanged = req.old_object.as_ref().and_then(|o| annotation(kind, o)) == Some(value);
+        let unchanged = annotation(kind, req.old_object.as_deref())
+            .ok()
+            .flatten()
+            .is_some_and(|old| old == value);
         Ok(if unchanged {
             Verdict::Allow {
                 warnings: vec![format!("{problem} (left as is: this update does not change it)")],
@@ -62,36 +93,38 @@ impl Handler for SecretSyncAnnotation {
     }
 }
 
-/// The annotation's value on the object's pod (template) metadata, read in place: a review is on
-/// every pod's path, and re-serialising the object for one field is work the webhook can skip.
-fn annotation(kind: &str, obj: &DynamicObject) -> Option<Value> {
-    if kind == "Pod" {
-        return obj
-            .metadata
-            .annotations
-            .as_ref()?
-            .get(ANNOTATION)
-            .map(|a| Value::String(a.clone()));
-    }
-    obj.data.pointer(template_annotation_pointer(kind)?).cloned()
+/// The annotation's value on the object's pod (template) metadata. Only the path to it is read:
+/// a review is on every pod's path, and the rest of the object is not this webhook's business.
+fn annotation(kind: &str, raw: Option<&serde_json::value::RawValue>) -> anyhow::Result<Option<Value>> {
+    let Some(raw) = raw.map(|r| r.get()).filter(|r| *r != "null") else {
+        return Ok(None);
+    };
+    let metadata = match kind {
+        "Pod" => serde_json::from_str::<WithMetadata>(raw)?.metadata,
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => {
+            serde_json::from_str::<Workload>(raw)?
+                .spec
+                .and_then(|s| s.template)
+                .and_then(|t| t.metadata)
+        }
+        "CronJob" => serde_json::from_str::<CronJob>(raw)?
+            .spec
+            .and_then(|s| s.job_template)
+            .and_then(|j| j.spec)
+            .and_then(|s| s.template)
+            .and_then(|t| t.metadata),
+        _ => None,
+    };
+    Ok(metadata
+        .and_then(|m| m.annotations)
+        .and_then(|mut a| a.remove(ANNOTATION)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::core::admission::AdmissionReview;
+    use crate::webhook::review::decode;
 
-    #[test]
-    fn the_pointer_names_the_annotation() {
-        assert_eq!(
-            template_annotation_pointer("Job").map(|p| p
-                .rsplit('/')
-                .next()
-                .unwrap_or_default()
-                .replace("~1", "/")),
-            Some(ANNOTATION.to_owned())
-        );
-    }
     use serde_json::json;
 
     fn review(operation: &str, old: Option<&str>, new: &str) -> Verdict {
@@ -110,8 +143,7 @@ mod tests {
                 "oldObject": old.map(pod),
             },
         });
-        let review: AdmissionReview<DynamicObject> = serde_json::from_value(body).unwrap();
-        let req: AdmissionRequest<DynamicObject> = review.try_into().unwrap();
+        let req = decode(&serde_json::to_vec(&body).unwrap()).unwrap();
         SecretSyncAnnotation.review(&req).unwrap()
     }
 
@@ -144,5 +176,37 @@ mod tests {
             }
             other => panic!("expected Allow, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_annotation_is_found_in_every_kind_of_pod_template() {
+        let annotations = json!({ANNOTATION: "provider: x"});
+        for (kind, object) in [
+            (
+                "Deployment",
+                json!({"spec": {"template": {"metadata": {"annotations": annotations}}}}),
+            ),
+            (
+                "Job",
+                json!({"spec": {"template": {"metadata": {"annotations": annotations}}}}),
+            ),
+            (
+                "CronJob",
+                json!({"spec": {"jobTemplate": {"spec": {"template": {"metadata": {"annotations": annotations}}}}}}),
+            ),
+        ] {
+            let raw = serde_json::value::to_raw_value(&object).unwrap();
+            assert_eq!(
+                annotation(kind, Some(&raw)).unwrap(),
+                Some(json!("provider: x")),
+                "{kind}"
+            );
+        }
+        let raw = serde_json::value::to_raw_value(&json!({"metadata": 7})).unwrap();
+        assert!(
+            annotation("Pod", Some(&raw)).is_err(),
+            "a malformed object is an error, not a pass"
+        );
+        assert_eq!(annotation("ConfigMap", Some(&raw)).unwrap(), None);
     }
 }
