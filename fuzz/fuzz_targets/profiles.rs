@@ -27,8 +27,10 @@ fuzz_target!(|input: (&[u8], &str, &[u8], &str)| {
     if let Some(id) = cgroup::container_id(text) {
         assert!(id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()));
     }
-    if let Ok(name) = apparmor::profile_name(text) {
-        assert!(!name.is_empty() && !name.contains('/'));
+    match apparmor::check_policy(text) {
+        // What the node would load as `localhost/<name>`: a plain name, never a path.
+        Ok(name) => assert!(!name.is_empty() && !name.contains('/') && !name.starts_with('.')),
+        Err(e) => assert!(!e.is_empty()),
     }
     if let Ok(spec) = serde_json::from_slice::<SeccompProfileSpec>(json) {
         match seccomp::resolve("p", |n| (n == "p").then_some(&spec)) {
