@@ -1,5 +1,5 @@
 //! What reaches the security-profile code from outside: audit lines (any bytes from auditd's log
-//! or /dev/kmsg), /proc/<pid>/cgroup contents, AppArmor policy text,
+//! or /dev/kmsg), /proc/<pid>/cgroup and /proc/<pid>/stat contents, AppArmor policy text,
 //! SeccompProfile specs (as the API server would store them) and pods under review with an image
 //! glob. Nothing panics, accepted records are well formed, and errors name something.
 #![no_main]
@@ -36,6 +36,7 @@ fuzz_target!(|input: (&[u8], &str, &[u8], &str)| {
             Err(e) => assert!(!e.to_string().is_empty()),
         }
     }
+    let _ = cgroup::start_time(text);
     if let Some(id) = cgroup::container_id(text) {
         assert!(id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()));
     }
