@@ -554,10 +554,10 @@ impl Statement {
                 || w == b"else";
         }
         // A lone brace is a block's edge only after a header or between statements; after a
-        // rule's keyword (`mount {`) the parser reads it as a name and stays in the rule.
-        if braces && (self.words == 0 || self.header) {
-            self.next_statement();
-        } else if ends_rule && self.parens == 0 {
+        // rule's keyword (`mount {`) the parser reads it as a name and stays in the rule. A
+        // comma ends a rule only outside a list.
+        let block_edge = braces && (self.words == 0 || self.header);
+        if block_edge || (ends_rule && self.parens == 0) {
             self.next_statement();
         } else {
             self.words += 1;
