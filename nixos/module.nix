@@ -144,7 +144,7 @@ in
       auditSource = lib.mkOption {
         type = lib.types.str;
         default = "/dev/kmsg";
-        description = "Where seccomp audit records appear (/dev/kmsg, auditd's log, syslog), or \"none\" to turn profile recording off.";
+        description = "Where seccomp audit records appear (/dev/kmsg or auditd's log; syslog is not read, any process can write to it), or \"none\" to turn profile recording off.";
       };
       apparmor = lib.mkOption {
         type = lib.types.bool;

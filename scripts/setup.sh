@@ -17,6 +17,9 @@ pkg-config --exists tss2-esys 2>/dev/null || missing+=(libtss2-dev)
 # The node agent compiles seccomp profiles with libseccomp; gperf builds its static musl copy.
 pkg-config --exists libseccomp 2>/dev/null || missing+=(libseccomp-dev)
 command -v gperf >/dev/null || missing+=(gperf)
+# The AppArmor checks ask the real apparmor_parser which profiles a policy defines (in /usr/sbin,
+# which a non-root PATH may lack).
+[ -x /usr/sbin/apparmor_parser ] || [ -x /sbin/apparmor_parser ] || missing+=(apparmor)
 # Packaging checks: the Nix files are parsed (nix-instantiate), `file` tells a static binary.
 command -v nix-instantiate >/dev/null || missing+=(nix-bin)
 command -v file >/dev/null || missing+=(file)

@@ -1,5 +1,5 @@
-//! What reaches the security-profile code from outside: kernel audit lines (any bytes from the
-//! audit log, syslog or /dev/kmsg), /proc/<pid>/cgroup contents, AppArmor policy text,
+//! What reaches the security-profile code from outside: audit lines (any bytes from auditd's log
+//! or /dev/kmsg), /proc/<pid>/cgroup and /proc/<pid>/stat contents, AppArmor policy text,
 //! SeccompProfile specs (as the API server would store them) and pods under review with an image
 //! glob. Nothing panics, accepted records are well formed, and errors name something.
 #![no_main]
@@ -14,21 +14,36 @@ use phylax::webhook::review::Verdict;
 
 fuzz_target!(|input: (&[u8], &str, &[u8], &str)| {
     let (line, text, json, pattern) = input;
-    match audit::parse(line) {
-        Ok(Some(record)) => {
-            // A record is only ever read from a line that says it is one.
-            let s = String::from_utf8_lossy(line);
-            assert!(s.contains("type=1326") || s.contains("type=SECCOMP"));
-            let _ = seccomp::arch_from_audit(record.arch).map(|a| seccomp::syscall_name(a, record.syscall));
+    for origin in [audit::Origin::Kmsg, audit::Origin::AuditLog] {
+        match audit::parse(line, origin) {
+            Ok(Some(record)) => {
+                // A record is only ever read from the start of a line in the kernel's own form:
+                // a kmsg record of facility 0, or a line auditd begins with the record's type.
+                let s = String::from_utf8_lossy(line);
+                let kernel = match origin {
+                    audit::Origin::Kmsg => s.split_once(';').is_some_and(|(prefix, message)| {
+                        prefix.split(',').next().and_then(|p| p.parse::<u64>().ok()).is_some_and(|p| p < 8)
+                            && message.starts_with("audit: type=1326 audit(")
+                    }),
+                    audit::Origin::AuditLog => {
+                        s.starts_with("type=SECCOMP msg=audit(") || s.starts_with("node=")
+                    }
+                };
+                assert!(kernel, "{s:?}");
+                let _ = seccomp::arch_from_audit(record.arch).map(|a| seccomp::syscall_name(a, record.syscall));
+            }
+            Ok(None) => {}
+            Err(e) => assert!(!e.to_string().is_empty()),
         }
-        Ok(None) => {}
-        Err(e) => assert!(!e.to_string().is_empty()),
     }
+    let _ = cgroup::start_time(text);
     if let Some(id) = cgroup::container_id(text) {
         assert!(id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()));
     }
-    if let Ok(name) = apparmor::profile_name(text) {
-        assert!(!name.is_empty() && !name.contains('/'));
+    match apparmor::check_policy(text) {
+        // What the node would load as `localhost/<name>`: a plain name, never a path.
+        Ok(name) => assert!(!name.is_empty() && !name.contains('/') && !name.starts_with('.')),
+        Err(e) => assert!(!e.is_empty()),
     }
     if let Ok(spec) = serde_json::from_slice::<SeccompProfileSpec>(json) {
         match seccomp::resolve("p", |n| (n == "p").then_some(&spec)) {

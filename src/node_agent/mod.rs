@@ -50,8 +50,9 @@ pub struct NodeArgs {
     #[arg(long, value_name = "DIR", default_value = "/var/lib/kubelet")]
     pub kubelet_root: PathBuf,
 
-    /// Where the kernel's seccomp audit records appear: /dev/kmsg, the audit log
-    /// (/var/log/audit/audit.log), syslog or a journal export; `none` turns recording off
+    /// Where the kernel's seccomp audit records appear: /dev/kmsg or auditd's log
+    /// (/var/log/audit/audit.log); `none` turns recording off. Syslog and journal text is not
+    /// read: any process can write a record's words there
     #[arg(long, value_name = "PATH", default_value = "/dev/kmsg")]
     pub audit_source: PathBuf,
 

@@ -496,16 +496,9 @@ async fn load_apparmor(obj: &Arc<GuardedAppArmor>, ctx: &AppArmorCtx) -> Result<
             .await?;
         return Ok(Action::await_change());
     }
-    let declared = apparmor::profile_name(&profile.spec.policy).and_then(|declared| {
-        if declared == name {
-            Ok(())
-        } else {
-            Err(format!(
-                "the policy declares profile {declared:?}; declare `profile {name}` (the object's name) so pods can refer to it as localhost/{name}"
-            ))
-        }
-    });
-    if let Err(why) = declared {
+    // The text check before the finalizer: a refused policy is never loaded, so it needs none.
+    // `load` repeats it and asks the parser itself which profiles the policy defines.
+    if let Err(why) = apparmor::check_for_object(&name, &profile.spec.policy) {
         s.metrics.error(kind);
         s.report(kind, obj.as_ref(), NodeState::Error, Some(why), None, users)
             .await?;

@@ -22,6 +22,15 @@ fn id_of_segment(segment: &str) -> Option<&str> {
     (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())).then_some(s)
 }
 
+/// A process's start time, in clock ticks after boot: field 22 of `/proc/<pid>/stat`. With the
+/// pid it names one process; a pid alone is reused once its process ends.
+pub fn start_time(stat: &str) -> Option<u64> {
+    // The command name (field 2) is in parentheses and may hold spaces and parentheses itself:
+    // the fields after it begin after the last ')'.
+    let after_comm = stat.get(stat.rfind(')')? + 1..)?;
+    after_comm.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
 /// The ID in a container status's `containerID` (`containerd://<id>`, `cri-o://<id>`, …).
 pub fn status_container_id(container_id: &str) -> &str {
     container_id.rsplit_once("://").map_or(container_id, |(_, id)| id)
@@ -59,5 +68,14 @@ mod tests {
         );
         assert_eq!(container_id("garbage"), None);
         assert_eq!(status_container_id(&format!("containerd://{ID}")), ID);
+    }
+
+    #[test]
+    fn reads_a_processs_start_time_whatever_its_name() {
+        let stat = "700 (a) b) c) S 1 700 700 0 -1 4194560 120 0 0 0 1 0 0 0 20 0 1 0 4242 2560000 200 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0\n";
+        assert_eq!(start_time(stat), Some(4242));
+        assert_eq!(start_time("700 (x) S 1"), None);
+        assert_eq!(start_time("no parenthesis"), None);
+        assert_eq!(start_time(""), None);
     }
 }

@@ -88,8 +88,9 @@ struct State {
     /// Syscalls of containers not (yet) in `containers`: the kubelet writes a container's ID to
     /// the pod's status after the container started.
     pending: HashMap<String, BTreeSet<String>>,
-    /// pid → container ID (None: not in a container).
-    pids: HashMap<u32, Option<String>>,
+    /// pid → (its process's start time, its container ID; None: not in a container). A pid is
+    /// reused once its process ends: an entry holds only for the same start time.
+    pids: HashMap<u32, (u64, Option<String>)>,
 }
 
 pub async fn run(
@@ -191,18 +192,7 @@ impl State {
         else {
             return Attributed::No;
         };
-        if self.pids.len() > MAX_PIDS {
-            self.pids.clear();
-        }
-        let container = self
-            .pids
-            .entry(r.pid)
-            .or_insert_with(|| {
-                let file = std::fs::read_to_string(proc_root.join(r.pid.to_string()).join("cgroup")).ok()?;
-                cgroup::container_id(&file).map(str::to_owned)
-            })
-            .clone();
-        let Some(container) = container else {
+        let Some(container) = self.container_of(proc_root, r.pid) else {
             return Attributed::No;
         };
         if let Some(target) = self.containers.get(&container) {
@@ -214,6 +204,34 @@ impl State {
             return Attributed::Pending;
         }
         Attributed::No
+    }
+
+    /// The container a process is in: from the cache when the pid's process started when the
+    /// cached one did, else from `/proc/<pid>/cgroup`. Without a readable start time nothing is
+    /// cached (a later process with the pid would get this one's container).
+    fn container_of(&mut self, proc_root: &std::path::Path, pid: u32) -> Option<String> {
+        let dir = proc_root.join(pid.to_string());
+        let started = read_start_time(&dir);
+        if let Some(started) = started
+            && let Some((cached_start, container)) = self.pids.get(&pid)
+            && *cached_start == started
+        {
+            return container.clone();
+        }
+        self.pids.remove(&pid);
+        let file = std::fs::read_to_string(dir.join("cgroup")).ok()?;
+        let container = cgroup::container_id(&file).map(str::to_owned);
+        // The pid may have been reused while the cgroup file was read: cache only when the
+        // start time is the same after it.
+        if let Some(started) = started
+            && read_start_time(&dir) == Some(started)
+        {
+            if self.pids.len() >= MAX_PIDS {
+                self.pids.clear();
+            }
+            self.pids.insert(pid, (started, container.clone()));
+        }
+        container
     }
 
     /// Takes what a pod's containers recorded, merged per container name.
@@ -230,6 +248,10 @@ impl State {
             .filter(|(_, s)| !s.is_empty())
             .collect()
     }
+}
+
+fn read_start_time(proc_dir: &std::path::Path) -> Option<u64> {
+    cgroup::start_time(&std::fs::read_to_string(proc_dir.join("stat")).ok()?)
 }
 
 /// The recorded profile's name: `<namespace>.<recording>.<container>`. Namespace and container
@@ -393,6 +415,45 @@ mod tests {
                 "restartCount": 0, "containerID": container_id.map(|id| format!("containerd://{id}"))}]}
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_taken_for_the_process_before_it() {
+        let proc_root = tempfile::tempdir().unwrap();
+        let dir = proc_root.path().join("700");
+        std::fs::create_dir_all(&dir).unwrap();
+        let in_container = format!("0::/kubepods.slice/cri-containerd-{ID}.scope\n");
+        let outside = "0::/user.slice/user-0.slice/session-1.scope\n";
+        let process = |start: u64, cgroup: &str| {
+            let stat = format!("700 (app) S 1 700 700 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0 0\n");
+            std::fs::write(dir.join("stat"), stat).unwrap();
+            std::fs::write(dir.join("cgroup"), cgroup).unwrap();
+        };
+        let mut state = State::default();
+        state.index(&pod("u1", Some(ID)));
+        let rec = SeccompRecord {
+            pid: 700,
+            arch: 0xc000_003e,
+            syscall: 0,
+        };
+        process(1000, &in_container);
+        assert_eq!(state.record(proc_root.path(), rec), Attributed::Recorded);
+        // The same process: the cache answers, the cgroup file is not read again.
+        std::fs::write(dir.join("cgroup"), outside).unwrap();
+        assert_eq!(state.record(proc_root.path(), rec), Attributed::Recorded);
+        // The pid now names a later process, outside any container: not the recorded one's.
+        process(2000, outside);
+        assert_eq!(state.record(proc_root.path(), rec), Attributed::No);
+        process(3000, &in_container);
+        assert_eq!(state.record(proc_root.path(), rec), Attributed::Recorded);
+        // Without a start time nothing is cached: every record reads the cgroup file.
+        std::fs::remove_file(dir.join("stat")).unwrap();
+        std::fs::write(dir.join("cgroup"), outside).unwrap();
+        assert_eq!(state.record(proc_root.path(), rec), Attributed::No);
+        std::fs::write(dir.join("cgroup"), &in_container).unwrap();
+        assert_eq!(state.record(proc_root.path(), rec), Attributed::Recorded);
+        std::fs::write(dir.join("cgroup"), outside).unwrap();
+        assert_eq!(state.record(proc_root.path(), rec), Attributed::No);
     }
 
     #[test]
