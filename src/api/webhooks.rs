@@ -24,6 +24,9 @@ pub struct WebhookSpec {
     pub rules: &'static [Rule],
     /// What the API server does when the webhook cannot be reached: `Ignore` or `Fail`.
     pub failure_policy: &'static str,
+    /// Called only for the namespaces the operator puts in its [`NamespaceScope`]; a fail-closed
+    /// webhook that every pod in the cluster waits for is a cluster-wide outage when it is down.
+    pub scoped: bool,
 }
 
 impl WebhookSpec {
@@ -65,6 +68,7 @@ pub const WEBHOOKS: &[WebhookSpec] = &[
         // A validation of convenience: when the webhook is down, pods still start (the controller
         // reports the same mistake as an event).
         failure_policy: "Ignore",
+        scoped: false,
     },
     WebhookSpec {
         name: "profiles",
@@ -79,8 +83,58 @@ pub const WEBHOOKS: &[WebhookSpec] = &[
         // down. kube-system, Phylax's namespace and namespaces labelled `phylax.dev/webhooks:
         // disabled` are never sent to it.
         failure_policy: "Fail",
+        scoped: true,
     },
 ];
+
+/// The label every namespace carries with its own name (set by the API server, 1.21+; on older
+/// clusters the operator's scope matches no namespace until an admin labels them, see README).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+/// A label value no namespace name can have (namespace names hold no dots): `In` it matches
+/// nothing, `NotIn` everything.
+pub const NO_NAMESPACE: &str = "none.phylax.dev";
+
+/// The namespaces a scoped webhook is called for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamespaceScope {
+    /// Every namespace the configuration's other requirements let through.
+    All,
+    /// These namespaces (none when empty).
+    Only(std::collections::BTreeSet<String>),
+}
+
+impl NamespaceScope {
+    /// The profile binder's scope: the namespaces holding ProfileBindings, or every namespace
+    /// while a ProfileRecording exists anywhere, because the log-everything profile is then on
+    /// the nodes and only the webhook keeps pods of other namespaces from naming it.
+    pub fn for_profiles(
+        binding_namespaces: impl IntoIterator<Item = String>,
+        any_recording: bool,
+    ) -> NamespaceScope {
+        if any_recording {
+            NamespaceScope::All
+        } else {
+            NamespaceScope::Only(binding_namespaces.into_iter().collect())
+        }
+    }
+
+    /// The namespaceSelector requirement expressing the scope: `{key, operator, values}`.
+    pub fn requirement(&self) -> (&'static str, &'static str, Vec<String>) {
+        match self {
+            NamespaceScope::All => (NAMESPACE_NAME_LABEL, "NotIn", vec![NO_NAMESPACE.to_owned()]),
+            NamespaceScope::Only(names) if names.is_empty() => {
+                (NAMESPACE_NAME_LABEL, "In", vec![NO_NAMESPACE.to_owned()])
+            }
+            NamespaceScope::Only(names) => (NAMESPACE_NAME_LABEL, "In", names.iter().cloned().collect()),
+        }
+    }
+
+    /// Whether a rendered requirement is the scope one (and not, say, the exclusion of
+    /// kube-system, which has the same key).
+    pub fn is_scope_requirement(key: &str, operator: &str, values: &[String]) -> bool {
+        key == NAMESPACE_NAME_LABEL && (operator == "In" || values.iter().any(|v| v == NO_NAMESPACE))
+    }
+}
 
 /// Namespace label that takes a namespace out of every Phylax webhook. Only namespaces: a label on
 /// a pod is its author's to set, and would let any pod author switch enforcement off.

@@ -49,6 +49,52 @@ pub struct ManifestArgs {
     /// `phylax.dev/webhooks=enabled` (opt-in)
     #[arg(long, value_enum, default_value_t = WebhookScope::OptOut)]
     pub webhooks: WebhookScope,
+
+    /// Address range the API server calls webhooks from (repeatable), e.g. the control-plane
+    /// nodes' subnet: renders a NetworkPolicy admitting only those to the webhook's HTTPS port.
+    /// Where the API server's traffic comes from depends on the cluster (host network, a
+    /// konnectivity tunnel, a managed control plane): see README, "Webhook: admission"
+    #[arg(long = "webhook-allow-from", value_name = "CIDR", value_parser = parse_cidr)]
+    pub webhook_allow_from: Vec<String>,
+}
+
+/// `ADDRESS/PREFIX` for IPv4 or IPv6, normalised (`10.0.0.1/8` is refused: the host bits must be
+/// zero, or the range is probably not what was meant).
+pub fn parse_cidr(s: &str) -> Result<String, String> {
+    let (addr, prefix) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not ADDRESS/PREFIX (e.g. 10.0.0.0/24 or fd00::/64)"))?;
+    let addr: std::net::IpAddr = addr
+        .parse()
+        .map_err(|e| format!("{s:?}: {addr:?} is not an IP address ({e})"))?;
+    let bits: u32 = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix: u32 = prefix
+        .parse()
+        .ok()
+        .filter(|p| *p <= bits)
+        .ok_or_else(|| format!("{s:?}: the prefix length must be a number from 0 to {bits}"))?;
+    let value: u128 = match addr {
+        std::net::IpAddr::V4(a) => u32::from(a).into(),
+        std::net::IpAddr::V6(a) => a.into(),
+    };
+    let host_bits = bits - prefix;
+    let host_mask = if host_bits == 0 {
+        0
+    } else {
+        (1u128 << host_bits) - 1
+    };
+    if value & host_mask != 0 {
+        return Err(format!(
+            "{s:?} has host bits set; the network is {}/{prefix}",
+            match addr {
+                std::net::IpAddr::V4(_) =>
+                    std::net::IpAddr::from(std::net::Ipv4Addr::from((value & !host_mask) as u32)),
+                std::net::IpAddr::V6(_) =>
+                    std::net::IpAddr::from(std::net::Ipv6Addr::from(value & !host_mask)),
+            }
+        ));
+    }
+    Ok(format!("{addr}/{prefix}"))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -96,6 +142,9 @@ pub fn manifests(args: &ManifestArgs) -> anyhow::Result<Vec<Value>> {
         out.push(&config)?;
     }
     out.push(&admin_service(ns, Role::Webhook))?;
+    if !args.webhook_allow_from.is_empty() {
+        out.push(&webhook::network_policy(ns, &args.webhook_allow_from))?;
+    }
 
     out.access(node_agent::access(ns))?;
     out.push(&node_agent::daemon_set(ns, image))?;
@@ -405,8 +454,47 @@ mod tests {
             namespace: "sec".into(),
             image: "reg/phylax:t".into(),
             webhooks: WebhookScope::OptOut,
+            webhook_allow_from: Vec::new(),
         })
         .unwrap()
+    }
+
+    #[test]
+    fn address_ranges_are_checked_and_admitted_only_to_the_https_port() {
+        assert_eq!(parse_cidr("10.0.0.0/24"), Ok("10.0.0.0/24".into()));
+        assert_eq!(parse_cidr("fd00::/64"), Ok("fd00::/64".into()));
+        for (bad, says) in [
+            ("10.0.0.0", "ADDRESS/PREFIX"),
+            ("10.0.0/24", "not an IP address"),
+            ("10.0.0.0/33", "0 to 32"),
+            ("10.0.0.1/8", "the network is 10.0.0.0/8"),
+        ] {
+            let e = parse_cidr(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        assert!(
+            !render_default().iter().any(|o| o["kind"] == "NetworkPolicy"),
+            "no policy unless asked: the API server's source is cluster-specific"
+        );
+        let objects = manifests(&ManifestArgs {
+            namespace: "sec".into(),
+            image: "reg/phylax:t".into(),
+            webhooks: WebhookScope::OptOut,
+            webhook_allow_from: vec!["192.168.10.0/24".into()],
+        })
+        .unwrap();
+        let policy = objects.iter().find(|o| o["kind"] == "NetworkPolicy").unwrap();
+        let ingress = &policy["spec"]["ingress"];
+        assert_eq!(ingress[0]["ports"][0]["port"], "https");
+        assert_eq!(
+            ingress[0]["from"],
+            serde_json::json!([{"ipBlock": {"cidr": "192.168.10.0/24"}}])
+        );
+        assert_eq!(ingress[1]["ports"][0]["port"], "admin");
+        assert_eq!(
+            policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+            "webhook"
+        );
     }
 
     #[test]
@@ -451,6 +539,7 @@ mod tests {
             namespace: "sec".into(),
             image: "reg/phylax:t".into(),
             webhooks: WebhookScope::OptIn,
+            webhook_allow_from: Vec::new(),
         })
         .unwrap();
         let config = opt_in

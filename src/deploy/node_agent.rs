@@ -28,8 +28,13 @@ pub(super) fn access(ns: &str) -> Access {
                     &["get", "list", "watch", "patch"],
                 ),
                 rule("profiles.phylax.dev", &["seccompprofiles"], &["create", "update"]),
-                // A recorded pod's annotation is checked against its ProfileRecording.
-                rule("profiles.phylax.dev", &["profilerecordings"], &["get"]),
+                // A recorded pod's annotation is checked against its ProfileRecording; the
+                // log-everything profile is on the node only while a recording exists.
+                rule(
+                    "profiles.phylax.dev",
+                    &["profilerecordings"],
+                    &["get", "list", "watch"],
+                ),
                 rule(
                     "profiles.phylax.dev",
                     &["profilenodestatuses"],

@@ -128,6 +128,12 @@ pub(super) fn access(ns: &str) -> Access {
                         &["list", "watch", "delete"],
                     ),
                     rule("", &["nodes"], &["list", "watch"]),
+                    // Which namespaces the fail-closed profile webhook must see.
+                    rule(
+                        "profiles.phylax.dev",
+                        &["profilebindings", "profilerecordings"],
+                        &["list", "watch"],
+                    ),
                 ],
             ),
         ],

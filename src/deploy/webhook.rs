@@ -9,6 +9,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     ContainerPort, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -17,7 +20,8 @@ use super::{
     service_account, strings,
 };
 use crate::api::webhooks::{
-    OPT_IN_VALUE, OPT_OUT_LABEL, OPT_OUT_VALUE, TIMEOUT_SECONDS, WEBHOOKS, WebhookSpec,
+    NAMESPACE_NAME_LABEL, NamespaceScope, OPT_IN_VALUE, OPT_OUT_LABEL, OPT_OUT_VALUE, TIMEOUT_SECONDS,
+    WEBHOOKS, WebhookSpec,
 };
 use crate::role::Role;
 
@@ -111,6 +115,49 @@ pub(super) fn service(ns: &str) -> Service {
     }
 }
 
+/// Admits only `allow_from` to the webhook's HTTPS port (anyone in the cluster could otherwise
+/// flood the server every pod creation waits for); the admin port (probes, metrics) stays open.
+pub(super) fn network_policy(ns: &str, allow_from: &[String]) -> NetworkPolicy {
+    let role = Role::Webhook;
+    let port = |name: &str| NetworkPolicyPort {
+        port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    };
+    NetworkPolicy {
+        metadata: meta(ns, &object_name(role), role),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(role)),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    ports: Some(vec![port("https")]),
+                    from: Some(
+                        allow_from
+                            .iter()
+                            .map(|cidr| NetworkPolicyPeer {
+                                ip_block: Some(IPBlock {
+                                    cidr: cidr.clone(),
+                                    except: None,
+                                }),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    ),
+                },
+                NetworkPolicyIngressRule {
+                    ports: Some(vec![port("admin")]),
+                    from: None,
+                },
+            ]),
+            ..Default::default()
+        }),
+    }
+}
+
 /// The ValidatingWebhookConfiguration `phylax` for every validating webhook, called through the
 /// `phylax-webhook` Service. It leaves out kube-system, Phylax's own namespace and namespaces
 /// labelled `phylax.dev/webhooks: disabled`. There is no object selector: a pod's own labels are
@@ -179,10 +226,20 @@ fn webhook(ns: &str, scope: WebhookScope, spec: &WebhookSpec) -> ValidatingWebho
         admission_review_versions: strings(&["v1"]),
         timeout_seconds: Some(TIMEOUT_SECONDS),
         namespace_selector: Some(LabelSelector {
-            match_expressions: Some(vec![
-                requirement("kubernetes.io/metadata.name", "NotIn", &["kube-system", ns]),
-                in_scope,
-            ]),
+            match_expressions: Some({
+                let mut all = vec![
+                    requirement(NAMESPACE_NAME_LABEL, "NotIn", &["kube-system", ns]),
+                    in_scope,
+                ];
+                if spec.scoped {
+                    // No namespace until the operator has read the cluster's bindings and
+                    // recordings and set the real scope.
+                    let (key, operator, values) = NamespaceScope::Only(Default::default()).requirement();
+                    let values: Vec<&str> = values.iter().map(String::as_str).collect();
+                    all.push(requirement(key, operator, &values));
+                }
+                all
+            }),
             ..Default::default()
         }),
         ..Default::default()

@@ -68,6 +68,19 @@ impl ProfileDir {
         write_if_changed(&self.seccomp_root.join(RECORDING_PROFILE), bytes)
     }
 
+    /// Removes the log-everything profile: no recording needs it, and while it is on the node any
+    /// pod the webhook does not see could name it to run without a filter. `false` when absent.
+    pub fn remove_recording_profile(&self) -> io::Result<bool> {
+        match fs::remove_file(self.seccomp_root.join(RECORDING_PROFILE)) {
+            Ok(()) => {
+                sync_dir(&self.seccomp_root)?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Removes `name`'s file; `false` when there was none.
     pub fn remove(&self, name: &str) -> io::Result<bool> {
         match fs::remove_file(self.path_of(name)) {
@@ -155,6 +168,9 @@ mod tests {
         assert!(!dir.dir().join(".b.json.tmp-0123").exists());
         assert!(dir.remove("a").unwrap());
         assert!(!dir.remove("a").unwrap());
+        dir.write_recording_profile(b"{}").unwrap();
+        assert!(dir.remove_recording_profile().unwrap());
+        assert!(!dir.remove_recording_profile().unwrap(), "already gone");
         dir.write_recording_profile(b"{}").unwrap();
         assert!(root.path().join("seccomp/phylax-recording.json").exists());
     }

@@ -83,7 +83,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // An unusable kubelet root stops the agent with the path and the reason; the DaemonSet's
     // restarts and its logs show it, rather than every profile failing one by one.
     dir.prepare()?;
-    dir.write_recording_profile(&recorder::logging_profile())?;
     let client = crate::runtime::kube::connect(&args.kube).await?;
     let metrics = metrics::ProfileMetrics::register(&rt.metrics, &args.node.node_name);
     let apparmor = apparmor::Support::detect(
@@ -127,6 +126,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 Ok(())
             });
         }
+
+        tasks.spawn(keep_recording_profile(client.clone(), dir.clone()));
 
         let shared = Arc::new(profiles::Shared {
             client: client.clone(),
@@ -179,4 +180,44 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         result
     })
     .await
+}
+
+/// Keeps the log-everything profile on the node exactly while a ProfileRecording exists in the
+/// cluster (a pod may be scheduled here from any of them).
+async fn keep_recording_profile(client: kube::Client, dir: install::ProfileDir) -> anyhow::Result<()> {
+    use crate::api::profiles::ProfileRecording;
+    use kube::core::error_boundary::DeserializeGuard;
+
+    let (recordings, changes) = reflect::store_and_changes(
+        "ProfileRecordings",
+        Api::<DeserializeGuard<ProfileRecording>>::all(client),
+        watcher::Config::default(),
+    );
+    let (mut changed, _watch) = reflect::wake_on_change(changes);
+    if !reflect::wait_listed(&recordings).await {
+        return Ok(());
+    }
+    let mut present = None;
+    loop {
+        let wanted = !recordings.state().is_empty();
+        if present != Some(wanted) {
+            let done = if wanted {
+                dir.write_recording_profile(&recorder::logging_profile())
+                    .map(|_| ())
+            } else {
+                dir.remove_recording_profile().map(|_| ())
+            };
+            match done {
+                Ok(()) => {
+                    tracing::info!(present = wanted, "recording profile updated");
+                    present = Some(wanted);
+                }
+                // Tried again on the next change; the error names the path.
+                Err(e) => tracing::warn!(error = %e, "cannot update the recording profile"),
+            }
+        }
+        if changed.recv().await.is_none() {
+            return Ok(());
+        }
+    }
 }

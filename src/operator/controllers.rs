@@ -19,6 +19,11 @@ pub fn start(
         metrics.clone(),
         term.clone(),
     ));
+    controllers.spawn(super::profiles::webhook_scope::run(
+        client.clone(),
+        metrics.clone(),
+        term.clone(),
+    ));
     controllers.spawn(super::secret_sync::run(
         client.clone(),
         settings.namespace.clone(),

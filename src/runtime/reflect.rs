@@ -105,3 +105,28 @@ where
         }
     }
 }
+
+/// Drives `changes` (keeping its store filled) on a task of its own and turns them into a wake-up
+/// signal: a burst of changes is one wake-up. For loops that recompute from the store rather than
+/// per object. The task ends when the returned guard is dropped.
+pub fn wake_on_change<S>(changes: S) -> (tokio::sync::mpsc::Receiver<()>, AbortOnDrop)
+where
+    S: Stream + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let task = tokio::spawn(changes.for_each(move |_| {
+        // Full means a wake-up is already pending.
+        let _ = tx.try_send(());
+        std::future::ready(())
+    }));
+    (rx, AbortOnDrop(task))
+}
+
+/// Aborts the task when dropped.
+pub struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

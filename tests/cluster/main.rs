@@ -7,3 +7,4 @@ mod support;
 mod leader_election;
 mod manifests;
 mod rbac;
+mod webhook_scope;

@@ -51,6 +51,7 @@ impl Webhook {
             namespace: "phylax-system".into(),
             image: "phylax:test".into(),
             webhooks: phylax::deploy::WebhookScope::OptOut,
+            webhook_allow_from: Vec::new(),
         })
         .expect("render manifests");
         let object_selector = rendered
@@ -293,11 +294,26 @@ async fn bindings_apply_installed_profiles_to_new_pods_and_refuse_the_rest() {
         err.to_string().contains("spec.recorder") && err.to_string().contains("logs"),
         "{err}"
     );
-    // The agents installed the logging profile itself beside the profiles' directory.
+    // While a recording exists, the agents keep the logging profile beside the profiles'
+    // directory; once none does, it leaves every node (no pod can name it any more).
     for node in &s.nodes {
-        let file = std::fs::read_to_string(node.root.path().join("seccomp/phylax-recording.json"))
-            .expect("logging profile");
+        let path = node.root.path().join("seccomp/phylax-recording.json");
+        let file = wait_for("the logging profile on the node", TIMEOUT, || async {
+            std::fs::read_to_string(&path).ok()
+        })
+        .await;
         assert!(file.contains("SCMP_ACT_LOG"));
+    }
+    Api::<DynamicObject>::namespaced_with(c.clone(), &ns.name, &ar)
+        .delete("rec", &Default::default())
+        .await
+        .expect("delete the recording");
+    for node in &s.nodes {
+        let path = node.root.path().join("seccomp/phylax-recording.json");
+        wait_for("the logging profile to leave the node", TIMEOUT, || async {
+            (!path.exists()).then_some(())
+        })
+        .await;
     }
 
     webhook.stop(c).await;

@@ -71,7 +71,9 @@ impl TestNamespace {
         let name = format!("t-{prefix}-{}", super::random_suffix());
         let api: Api<Namespace> = Api::all(cluster.client().await);
         let ns: Namespace = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "labels": {"phylax.dev/test": "true"}}
+            // The API server labels every namespace with its name from 1.21 on; the test control
+            // plane (1.20) does not, so the test sets what newer servers would.
+            "metadata": {"name": name, "labels": {"phylax.dev/test": "true", "kubernetes.io/metadata.name": name}}
         }))
         .expect("namespace");
         api.create(&PostParams::default(), &ns)

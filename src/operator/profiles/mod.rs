@@ -3,6 +3,7 @@
 //! their finalizers on profiles (else a deleted profile would wait forever) and their reports.
 
 pub mod aggregate;
+pub mod webhook_scope;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
