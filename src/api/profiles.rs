@@ -30,6 +30,8 @@ pub const RECORDING_ANNOTATION: &str = "profiles.phylax.dev/recording";
 pub const BOUND_ANNOTATION: &str = "profiles.phylax.dev/bound";
 /// Finalizers a node agent puts on profiles it installed: `node.profiles.phylax.dev/<node>`.
 pub const NODE_FINALIZER_PREFIX: &str = "node.profiles.phylax.dev/";
+/// On a SeccompProfile written by a recording: `<namespace>/<recording>`.
+pub const RECORDED_FROM: &str = "profiles.phylax.dev/recorded-from";
 /// Kubernetes 1.20's annotation for a container's AppArmor profile.
 pub const APPARMOR_ANNOTATION_PREFIX: &str = "container.apparmor.security.beta.kubernetes.io/";
 

@@ -85,6 +85,25 @@ pub const WEBHOOKS: &[WebhookSpec] = &[
         failure_policy: "Fail",
         scoped: true,
     },
+    WebhookSpec {
+        name: "node-writes",
+        mutating: false,
+        rules: &[Rule {
+            groups: &["profiles.phylax.dev"],
+            versions: &["v1alpha1"],
+            resources: &[
+                "profilenodestatuses",
+                "profilenodestatuses/status",
+                "seccompprofiles",
+                "apparmorprofiles",
+            ],
+            operations: &["CREATE", "UPDATE", "DELETE"],
+        }],
+        // Ties each node agent's writes to its node: an unchecked write is what it exists to stop.
+        // Only the agents' (and admins') writes to these objects wait for it.
+        failure_policy: "Fail",
+        scoped: false,
+    },
 ];
 
 /// The label every namespace carries with its own name (set by the API server, 1.21+; on older

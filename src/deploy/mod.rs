@@ -673,6 +673,11 @@ mod tests {
         // The webhook only reads; the node agent writes profiles and its reports, nothing else.
         let webhook = role("phylax-webhook-profiles");
         assert_eq!(webhook[0]["verbs"], serde_json::json!(["list", "watch"]));
+        let agent_pods = role("phylax-webhook-node-agents");
+        assert_eq!(
+            agent_pods,
+            serde_json::json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}])
+        );
         let agent = role("phylax-node-agent");
         for rule in agent.as_array().unwrap() {
             let group = rule["apiGroups"][0].as_str().unwrap();
@@ -681,6 +686,6 @@ mod tests {
                 "{rule}"
             );
         }
-        assert_eq!(roles.len(), 8);
+        assert_eq!(roles.len(), 9);
     }
 }

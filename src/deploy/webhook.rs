@@ -16,8 +16,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelecto
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    Access, WebhookScope, cluster_meta, cluster_role, meta, object_name, rule, selector_labels,
-    service_account, strings,
+    Access, WebhookScope, cluster_meta, cluster_role, meta, namespaced_role, object_name, rule,
+    selector_labels, service_account, strings,
 };
 use crate::api::webhooks::{
     NAMESPACE_NAME_LABEL, NamespaceScope, OPT_IN_VALUE, OPT_OUT_LABEL, OPT_OUT_VALUE, TIMEOUT_SECONDS,
@@ -42,7 +42,13 @@ pub(super) fn access(ns: &str) -> Access {
     let role = Role::Webhook;
     Access {
         service_account: service_account(ns, role, true),
-        roles: Vec::new(),
+        // The node agents' pods: which node a node agent's request comes from.
+        roles: vec![namespaced_role(
+            ns,
+            "phylax-webhook-node-agents",
+            role,
+            vec![rule("", &["pods"], &["list", "watch"])],
+        )],
         cluster_roles: vec![cluster_role(
             ns,
             "phylax-webhook-profiles",
@@ -66,7 +72,11 @@ pub(super) fn deployment(ns: &str, image: &str) -> Deployment {
     let role = Role::Webhook;
     let listen = format!("--listen-addr=0.0.0.0:{WEBHOOK_PORT}");
     let tls_dir = format!("--tls-dir={WEBHOOK_TLS_DIR}");
-    let mut d = super::deployment(ns, image, role, 2, &[&listen, &tls_dir]);
+    let agents = format!(
+        "--node-agent-service-account={ns}:{}",
+        object_name(Role::NodeAgent)
+    );
+    let mut d = super::deployment(ns, image, role, 2, &[&listen, &tls_dir, &agents]);
     if let Some(spec) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
         spec.volumes = Some(vec![Volume {
             name: "tls".into(),

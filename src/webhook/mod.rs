@@ -57,6 +57,11 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_connections: usize,
 
+    /// The node agents' ServiceAccount, NAMESPACE:NAME: its writes to profiles and node reports are
+    /// tied to the node the calling pod runs on
+    #[arg(long, value_name = "NAMESPACE:NAME", default_value = "phylax-system:phylax-node-agent", value_parser = parse_service_account)]
+    pub node_agent_service_account: (String, String),
+
     /// What a failing handler answers, per webhook: NAME=closed (refuse) or NAME=open (admit with a
     /// warning). Repeatable
     #[arg(long = "failure-policy", value_name = "NAME=POLICY", value_parser = parse_policy)]
@@ -76,11 +81,54 @@ fn parse_policy(s: &str) -> Result<(String, FailurePolicy), String> {
 }
 
 /// Every webhook this build serves; `profiles` is the cluster state the profile binder reads.
-pub fn handlers(profiles: mutate::profiles::ProfileIndex) -> Vec<Arc<dyn Handler>> {
+pub fn handlers(
+    profiles: mutate::profiles::ProfileIndex,
+    agents: validate::node_writes::NodeAgents,
+) -> Vec<Arc<dyn Handler>> {
     vec![
         Arc::new(validate::secret_sync::SecretSyncAnnotation),
         Arc::new(mutate::profiles::ProfileBinder { index: profiles }),
+        Arc::new(validate::node_writes::NodeWrites { agents }),
     ]
+}
+
+/// `NAMESPACE:NAME` of a ServiceAccount.
+fn parse_service_account(s: &str) -> Result<(String, String), String> {
+    let (ns, name) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not NAMESPACE:NAME"))?;
+    let ns = crate::runtime::names::parse_namespace(ns)?;
+    if name.is_empty() || name.contains(':') {
+        return Err(format!("{s:?}: the ServiceAccount name is empty or holds a ':'"));
+    }
+    Ok((ns, name.to_owned()))
+}
+
+/// Watches the node agents' pods, to tell from a request's pod-bound token which node it comes
+/// from.
+fn watch_node_agents(
+    client: kube::Client,
+    service_account: &(String, String),
+    recordings: kube::runtime::reflector::Store<
+        kube::core::error_boundary::DeserializeGuard<crate::api::profiles::ProfileRecording>,
+    >,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> validate::node_writes::NodeAgents {
+    let (ns, name) = service_account;
+    let (pods, keep_current) = crate::runtime::reflect::store(
+        "node agent pods",
+        kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client, ns),
+        kube::runtime::watcher::Config::default().labels(&format!(
+            "app.kubernetes.io/name=phylax,app.kubernetes.io/component={}",
+            Role::NodeAgent.name()
+        )),
+    );
+    tasks.spawn(keep_current);
+    validate::node_writes::NodeAgents {
+        username: format!("system:serviceaccount:{ns}:{name}"),
+        pods,
+        recordings,
+    }
 }
 
 /// Watches what the profile binder decides on. The role is ready once every store has listed.
@@ -149,13 +197,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     })?;
     let acceptor = TlsAcceptor::from(Arc::new(cert.server_config()?));
     let client = crate::runtime::kube::connect(&args.kube).await?;
-    let (profiles, _watches) = watch_profiles(client, rt.readiness.register("profile-index-synced"));
+    let (profiles, mut watches) =
+        watch_profiles(client.clone(), rt.readiness.register("profile-index-synced"));
+    let agents = watch_node_agents(
+        client,
+        &args.node_agent_service_account,
+        profiles.recordings.clone(),
+        &mut watches,
+    );
     let limits = server::Limits {
         timeout: args.handler_timeout,
         max_concurrent: args.max_concurrent_reviews,
         large_body_budget: args.max_review_memory_mib.saturating_mul(1024 * 1024),
     };
-    let webhooks = server::Webhooks::new(handlers(profiles), &args.failure_policies, limits, &rt.metrics)?;
+    let webhooks = server::Webhooks::new(
+        handlers(profiles, agents),
+        &args.failure_policies,
+        limits,
+        &rt.metrics,
+    )?;
     if args.max_connections == 0 {
         anyhow::bail!("--max-connections must be at least 1");
     }
@@ -234,7 +294,10 @@ mod tests {
 
     #[test]
     fn every_served_webhook_is_registered_and_every_registered_one_served() {
-        let served = handlers(mutate::profiles::ProfileIndex::empty());
+        let served = handlers(
+            mutate::profiles::ProfileIndex::empty(),
+            validate::node_writes::NodeAgents::empty(),
+        );
         for h in &served {
             let spec = WEBHOOKS.iter().find(|w| w.name == h.name());
             assert!(

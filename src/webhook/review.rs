@@ -81,6 +81,10 @@ pub struct UserInfo {
     pub username: String,
     #[serde(default)]
     pub groups: Vec<String>,
+    /// What the authenticator adds: for pod-bound ServiceAccount tokens, the pod's name and UID
+    /// (and from 1.30 its node).
+    #[serde(default)]
+    pub extra: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -385,7 +385,10 @@ mod tests {
     }
 
     fn app_with(timeout: Duration) -> Router {
-        let mut handlers = crate::webhook::handlers(crate::webhook::mutate::profiles::ProfileIndex::empty());
+        let mut handlers = crate::webhook::handlers(
+            crate::webhook::mutate::profiles::ProfileIndex::empty(),
+            crate::webhook::validate::node_writes::NodeAgents::empty(),
+        );
         handlers.push(Arc::new(Panics));
         handlers.push(Arc::new(Slow));
         let webhooks = Webhooks::new(handlers, &[], Limits::new(timeout), &Metrics::new("webhook")).unwrap();
@@ -526,7 +529,10 @@ mod tests {
     }
 
     fn limited(limits: Limits) -> Router {
-        let mut handlers = crate::webhook::handlers(crate::webhook::mutate::profiles::ProfileIndex::empty());
+        let mut handlers = crate::webhook::handlers(
+            crate::webhook::mutate::profiles::ProfileIndex::empty(),
+            crate::webhook::validate::node_writes::NodeAgents::empty(),
+        );
         handlers.push(Arc::new(Slow));
         router(Webhooks::new(handlers, &[], limits, &Metrics::new("webhook")).unwrap())
     }

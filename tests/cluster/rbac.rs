@@ -22,12 +22,16 @@ async fn install(client: &kube::Client, ns: &str) {
     assert_eq!(code, 0, "{err}");
     let ssa = PatchParams::apply("phylax-test").force();
     for doc in out.split("\n---\n").skip(1) {
-        let obj: DynamicObject = serde_yaml::from_str(doc).expect("object");
+        let mut obj: DynamicObject = serde_yaml::from_str(doc).expect("object");
         let gvk = GroupVersionKind::try_from(obj.types.as_ref().expect("types")).expect("gvk");
-        // No webhook serves in this test: the profile binder's MutatingWebhookConfiguration
-        // (failurePolicy Fail) would refuse every pod in the shared test cluster.
+        // No webhook serves in this test: the profile binder's MutatingWebhookConfiguration and
+        // the node-writes entry (both failurePolicy Fail) would refuse every pod, profile and node
+        // report in the shared test cluster.
         if gvk.kind == "Namespace" || gvk.kind == "MutatingWebhookConfiguration" {
             continue;
+        }
+        if let Some(hooks) = obj.data.get_mut("webhooks").and_then(|w| w.as_array_mut()) {
+            hooks.retain(|h| h["failurePolicy"] != "Fail");
         }
         let (resource, caps) = pinned_kind(client, &gvk).await.expect("served kind");
         let api: Api<DynamicObject> = match caps.scope {

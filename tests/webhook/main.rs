@@ -23,6 +23,7 @@ use support::tls::{Ca, SecretVolume};
 use support::wait::wait_for;
 
 mod flood;
+mod node_writes;
 mod operator_certs;
 
 async fn start_webhook(tls: &SecretVolume, port: Option<u16>) -> (Phylax, u16) {

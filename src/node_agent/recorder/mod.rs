@@ -37,7 +37,7 @@ use audit::SeccompRecord;
 
 /// Annotation on a recorded profile: the `namespace/name` of the recording it came from. A
 /// recording never changes a profile that does not carry its own name here.
-pub const RECORDED_FROM: &str = "profiles.phylax.dev/recorded-from";
+pub use crate::api::profiles::RECORDED_FROM;
 /// Container IDs seen before their pod's status named them, kept this many at most.
 const MAX_PENDING: usize = 1024;
 const MAX_PIDS: usize = 8192;

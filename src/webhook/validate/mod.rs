@@ -1,3 +1,4 @@
 //! Validating webhooks.
 
+pub mod node_writes;
 pub mod secret_sync;
