@@ -230,6 +230,17 @@ async fn bindings_apply_installed_profiles_to_new_pods_and_refuse_the_rest() {
     .await
     .expect_err("a pod naming the recording profile was admitted");
     assert!(refusal.contains("recording profile"), "{refusal}");
+    // The same through the deprecated annotation, which this API server turns into the field.
+    let refusal = create_pod(
+        c,
+        &ns.name,
+        json!({"metadata": {"name": "log-all-annotated", "annotations":
+            {"seccomp.security.alpha.kubernetes.io/pod": "localhost/phylax-recording.json"}},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}}),
+    )
+    .await
+    .expect_err("a pod naming the recording profile by annotation was admitted");
+    assert!(refusal.contains("recording profile"), "{refusal}");
 
     // Attack: a pod claims a recording, so the node agent would write a profile from its syscalls.
     let refusal = create_pod(

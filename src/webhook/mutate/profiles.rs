@@ -173,7 +173,46 @@ fn recording_profile_claims(pod: &Pod) -> Vec<(String, String)> {
             claims.push((path, p));
         }
     }
+    // API servers before 1.27 still honour the deprecated seccomp annotations and copy them into
+    // the fields above after admission, so `localhost/<profile>` there is the same claim.
+    for (key, value) in pod.annotations() {
+        let deprecated = key == "seccomp.security.alpha.kubernetes.io/pod"
+            || key.starts_with("container.seccomp.security.alpha.kubernetes.io/");
+        if deprecated
+            && value
+                .strip_prefix("localhost/")
+                .is_some_and(|p| normalise(p) == RECORDING_PROFILE)
+        {
+            claims.push((format!("/metadata/annotations/{key}"), value.clone()));
+        }
+    }
     claims
+}
+
+/// Refuses a pod that sets the recording annotation or names the recording profile itself;
+/// `recorded` are the containers the webhook itself gives that profile.
+fn refuse_recording_claims(pod: &Pod, recording: Option<&str>, recorded: &[&str]) -> Option<Verdict> {
+    // The recording profile logs every syscall and filters none, and the recording annotation
+    // makes the node agent write a cluster-wide profile: both are Phylax's to set, for the
+    // containers a recording selects, and a pod that sets them itself is refused.
+    if let Some(claimed) = pod.annotations().get(RECORDING_ANNOTATION)
+        && recording != Some(claimed.as_str())
+    {
+        return Some(Verdict::deny(format!(
+            "the annotation {RECORDING_ANNOTATION} is set by Phylax only, on pods a ProfileRecording \
+             selects; no ProfileRecording {claimed:?} in this namespace selects this pod: remove the annotation"
+        )));
+    }
+    for (path, names) in recording_profile_claims(pod) {
+        if !recorded.contains(&path.as_str()) {
+            return Some(Verdict::deny(format!(
+                "{path} names {names:?}, Phylax's recording profile, which logs every syscall and \
+                 blocks none; only Phylax gives it, to containers a ProfileRecording selects: \
+                 use RuntimeDefault or a SeccompProfile of your own"
+            )));
+        }
+    }
+    None
 }
 
 /// A relative path with `.`, `..` and empty segments resolved, as a path joined under a root.
@@ -250,6 +289,10 @@ pub fn decide(
         )
         .collect();
     if containers.iter().any(|(_, c)| privileged(c)) {
+        // Not bound, but not let through with Phylax's own marks either.
+        if let Some(refusal) = refuse_recording_claims(pod, None, &[]) {
+            return refusal;
+        }
         let applies = !bindings.is_empty() || !recordings.is_empty();
         return Verdict::Allow {
             warnings: if applies {
@@ -338,25 +381,8 @@ pub fn decide(
         ));
     }
 
-    // The recording profile logs every syscall and filters none, and the recording annotation
-    // makes the node agent write a cluster-wide profile: both are Phylax's to set, for the
-    // containers a recording selects, and a pod that sets them itself is refused.
-    if let Some(claimed) = pod.annotations().get(RECORDING_ANNOTATION)
-        && recording != Some(claimed.as_str())
-    {
-        return Verdict::deny(format!(
-            "the annotation {RECORDING_ANNOTATION} is set by Phylax only, on pods a ProfileRecording \
-             selects; no ProfileRecording {claimed:?} in this namespace selects this pod: remove the annotation"
-        ));
-    }
-    for (path, names) in recording_profile_claims(pod) {
-        if !recorded.contains(&path.as_str()) {
-            return Verdict::deny(format!(
-                "{path} names {names:?}, Phylax's recording profile, which logs every syscall and \
-                 blocks none; only Phylax gives it, to containers a ProfileRecording selects: \
-                 use RuntimeDefault or a SeccompProfile of your own"
-            ));
-        }
+    if let Some(refusal) = refuse_recording_claims(pod, recording, &recorded) {
+        return refusal;
     }
     if patch.is_empty() && annotations.is_empty() {
         return Verdict::allow();
@@ -604,6 +630,15 @@ mod tests {
                 json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}],
                     "initContainers": [{"name": "i", "image": "i",
                         "securityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": path}}}]}}),
+                // The deprecated annotations, which API servers before 1.27 turn into the fields.
+                json!({"metadata": {"name": "p", "annotations": {"seccomp.security.alpha.kubernetes.io/pod": format!("localhost/{path}")}},
+                    "spec": {"containers": [{"name": "c", "image": "i"}]}}),
+                json!({"metadata": {"name": "p", "annotations": {"container.seccomp.security.alpha.kubernetes.io/c": format!("localhost/{path}")}},
+                    "spec": {"containers": [{"name": "c", "image": "i"}]}}),
+                // A privileged container does not exempt the pod from the check.
+                json!({"metadata": {"name": "p"}, "spec": {"containers": [
+                    {"name": "p", "image": "i", "securityContext": {"privileged": true}},
+                    {"name": "c", "image": "i", "securityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": path}}}]}}),
             ] {
                 match decide(&pod(p.clone()), &[], &[], installed) {
                     Verdict::Deny { message } => assert!(message.contains("recording profile"), "{message}"),
@@ -619,5 +654,13 @@ mod tests {
             Verdict::Deny { message } => assert!(message.contains("set by Phylax only"), "{message}"),
             other => panic!("a claimed recording was admitted: {other:?}"),
         }
+        let privileged_claim = pod(
+            json!({"metadata": {"name": "p", "annotations": {RECORDING_ANNOTATION: "rec"}},
+            "spec": {"containers": [{"name": "c", "image": "i", "securityContext": {"privileged": true}}]}}),
+        );
+        assert!(matches!(
+            decide(&privileged_claim, &[], &[], installed),
+            Verdict::Deny { .. }
+        ));
     }
 }
