@@ -8,6 +8,7 @@
 //! Every object is a typed k8s-openapi struct, so a misspelt field does not compile. `phylax
 //! manifests` exists in every build, so nothing here depends on a role's feature.
 
+mod admission_policy;
 mod node_agent;
 mod operator;
 mod webhook;
@@ -56,6 +57,12 @@ pub struct ManifestArgs {
     /// konnectivity tunnel, a managed control plane): see README, "Webhook: admission"
     #[arg(long = "webhook-allow-from", value_name = "CIDR", value_parser = parse_cidr)]
     pub webhook_allow_from: Vec<String>,
+
+    /// Add a ValidatingAdmissionPolicy (API servers 1.30+) with which the API server refuses any
+    /// Secret the operator writes unless it is Opaque and carries Phylax's managed-by label. Older
+    /// API servers refuse the manifests with it
+    #[arg(long)]
+    pub admission_policy: bool,
 }
 
 /// `ADDRESS/PREFIX` for IPv4 or IPv6, normalised (`10.0.0.1/8` is refused: the host bits must be
@@ -130,6 +137,10 @@ pub fn manifests(args: &ManifestArgs) -> anyhow::Result<Vec<Value>> {
     out.access(operator::access(ns))?;
     out.push(&operator::vault_auth_account(ns))?;
     out.push(&operator::deployment(ns, image))?;
+    if args.admission_policy {
+        out.push(&admission_policy::policy(ns))?;
+        out.push(&admission_policy::binding())?;
+    }
     out.push(&admin_service(ns, Role::Operator))?;
 
     out.access(webhook::access(ns))?;
@@ -455,6 +466,7 @@ mod tests {
             image: "reg/phylax:t".into(),
             webhooks: WebhookScope::OptOut,
             webhook_allow_from: Vec::new(),
+            admission_policy: false,
         })
         .unwrap()
     }
@@ -481,6 +493,7 @@ mod tests {
             image: "reg/phylax:t".into(),
             webhooks: WebhookScope::OptOut,
             webhook_allow_from: vec!["192.168.10.0/24".into()],
+            admission_policy: true,
         })
         .unwrap();
         let policy = objects.iter().find(|o| o["kind"] == "NetworkPolicy").unwrap();
@@ -494,6 +507,37 @@ mod tests {
         assert_eq!(
             policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
             "webhook"
+        );
+        // The Secret-write policy: only the operator's writes, only Opaque managed Secrets.
+        let vap = objects
+            .iter()
+            .find(|o| o["kind"] == "ValidatingAdmissionPolicy")
+            .unwrap();
+        assert_eq!(
+            vap["spec"]["matchConditions"][0]["expression"],
+            "request.userInfo.username == 'system:serviceaccount:sec:phylax-operator'"
+        );
+        let rules = vap["spec"]["validations"].to_string();
+        assert!(rules.contains("object.type == 'Opaque'"), "{rules}");
+        assert!(
+            rules.contains("oldObject.metadata.labels['app.kubernetes.io/managed-by'] == 'phylax'"),
+            "{rules}"
+        );
+        assert!(
+            rules.contains("'phylax-webhook-ca', 'phylax-webhook-tls'"),
+            "{rules}"
+        );
+        let binding = objects
+            .iter()
+            .find(|o| o["kind"] == "ValidatingAdmissionPolicyBinding")
+            .unwrap();
+        assert_eq!(binding["spec"]["policyName"], vap["metadata"]["name"]);
+        assert_eq!(binding["spec"]["validationActions"], serde_json::json!(["Deny"]));
+        assert!(
+            !render_default()
+                .iter()
+                .any(|o| o["kind"] == "ValidatingAdmissionPolicy"),
+            "not rendered unless asked: API servers before 1.30 refuse it"
         );
     }
 
@@ -540,6 +584,7 @@ mod tests {
             image: "reg/phylax:t".into(),
             webhooks: WebhookScope::OptIn,
             webhook_allow_from: Vec::new(),
+            admission_policy: false,
         })
         .unwrap();
         let config = opt_in

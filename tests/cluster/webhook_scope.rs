@@ -73,6 +73,7 @@ async fn the_fail_closed_profile_webhook_sees_only_namespaces_that_use_profiles(
         image: "phylax:test".into(),
         webhooks: phylax::deploy::WebhookScope::OptOut,
         webhook_allow_from: Vec::new(),
+        admission_policy: false,
     })
     .expect("render");
     let mut config = rendered

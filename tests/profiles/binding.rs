@@ -52,6 +52,7 @@ impl Webhook {
             image: "phylax:test".into(),
             webhooks: phylax::deploy::WebhookScope::OptOut,
             webhook_allow_from: Vec::new(),
+            admission_policy: false,
         })
         .expect("render manifests");
         let object_selector = rendered
