@@ -271,6 +271,8 @@ async fn main() {
             format!("--tpm-tcti={}", tpm.tcti()),
             format!("--tpm-sealed-key={}", work.path("kek.sealed").display()),
             "--tpm-create-sealed-key".to_owned(),
+            // A random 0600 file serves as the auth secret.
+            format!("--tpm-auth-file={}", work.key("tpm-auth").display()),
         ];
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         socket_bench("tpm", &flags, ops).await;

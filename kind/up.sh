@@ -58,6 +58,9 @@ cp kind/encryption.yaml "$STATE/node/encryption.yaml"
 mkdir -p "$STATE/node/patches"
 cp kind/patches/*.yaml "$STATE/node/patches/"
 sed "s/SWTPM_HOST/$SWTPM_HOST/" kind/kms-plugin.yaml > "$STATE/node/kms-plugin.yaml"
+# The secret the sealed KEK needs (--tpm-auth-file), made once on the node and root's alone: the
+# plugin runs as root without capabilities, so it must own the file to read it.
+docker exec "$NODE" sh -c 'test -s /etc/phylax-kms-auth/tpm-auth || (umask 077 && mkdir -p /etc/phylax-kms-auth && head -c 32 /dev/urandom > /etc/phylax-kms-auth/tpm-auth)'
 docker exec "$NODE" cp /etc/phylax/kms-plugin.yaml /etc/kubernetes/manifests/phylax-kms-plugin.yaml
 for _ in $(seq 1 120); do
   docker exec "$NODE" test -S /var/run/phylax-kms/kms.sock && break

@@ -1,6 +1,7 @@
 # NixOS module: the Phylax KMS plugin next to kube-apiserver, and the node agent.
 #
 #   services.phylax.kmsPlugin.enable = true;            # provider "tpm" by default: KEK sealed in /dev/tpmrm0
+#   services.phylax.kmsPlugin.tpm.authFile = "/run/secrets/phylax-kms-tpm-auth";   # and/or tpm.pcrs
 #   services.phylax.kmsPlugin.wireApiserver = true;     # EncryptionConfiguration for services.kubernetes.apiserver
 #   services.phylax.nodeAgent = { enable = true; kubeconfig = "/etc/phylax/node-agent.kubeconfig"; };
 { self }:
@@ -17,7 +18,9 @@ let
     tpm = [ "--tpm-tcti=${kms.tpm.tcti}" ]
       ++ map (k: "--tpm-sealed-key=${k}") kms.keyFiles
       ++ lib.optional kms.createKey "--tpm-create-sealed-key"
-      ++ lib.optional (kms.tpm.pcrs != [ ]) "--tpm-pcrs=${lib.concatMapStringsSep "," toString kms.tpm.pcrs}";
+      ++ lib.optional (kms.tpm.pcrs != [ ]) "--tpm-pcrs=${lib.concatMapStringsSep "," toString kms.tpm.pcrs}"
+      # %d: the unit's credentials directory (LoadCredential below).
+      ++ lib.optional (kms.tpm.authFile != null) "--tpm-auth-file=%d/tpm-auth";
     vault = [ ];
     aws = [ ];
   }.${kms.provider};
@@ -94,7 +97,13 @@ in
       tpm.pcrs = lib.mkOption {
         type = lib.types.listOf (lib.types.ints.between 0 23);
         default = [ ];
-        description = "SHA-256 PCRs the sealed key is bound to (empty: no PCR policy).";
+        description = "SHA-256 PCRs a new sealed key is bound to (empty: no PCR policy). A new key needs this, tpm.authFile, or both.";
+      };
+      tpm.authFile = lib.mkOption {
+        type = lib.types.nullOr lib.types.str;
+        default = null;
+        example = "/run/secrets/phylax-kms-tpm-auth";
+        description = "File with the secret (16 bytes to 4 KiB, e.g. from `head -c 32 /dev/urandom`) a new sealed key needs to be unsealed, read at every start. Passed as a systemd credential (LoadCredential), so only root needs to read it; keep it off the disk of the sealed key (a secrets manager's file). A new key needs this, tpm.pcrs, or both.";
       };
       extraArgs = lib.mkOption {
         type = lib.types.listOf lib.types.str;
@@ -162,6 +171,12 @@ in
 
   config = lib.mkMerge [
     (lib.mkIf kms.enable {
+      # The plugin refuses this at runtime too; failing here says so before the first boot.
+      assertions = [{
+        assertion = kms.provider != "tpm" || !kms.createKey || kms.tpm.pcrs != [ ] || kms.tpm.authFile != null;
+        message = "services.phylax.kmsPlugin: a key sealed to the TPM without PCRs or an auth value unseals for anyone who can read it and use the TPM; set tpm.authFile (a secret file), tpm.pcrs (e.g. [ 7 ]), or both (or createKey = false).";
+      }];
+
       users.users.phylax-kms = {
         isSystemUser = true;
         group = "phylax-kms";
@@ -198,6 +213,7 @@ in
           ExecStartPost = "${pkgs.coreutils}/bin/chgrp ${kms.apiserverGroup} ${kms.socketDirectory}";
           DevicePolicy = "closed";
           DeviceAllow = lib.optional (kms.provider == "tpm") "/dev/tpmrm0 rw";
+          LoadCredential = lib.mkIf (kms.provider == "tpm" && kms.tpm.authFile != null) "tpm-auth:${kms.tpm.authFile}";
           # The admin endpoint listens on loopback; only vault and aws reach further.
           RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
           IPAddressAllow = lib.mkIf (!needsNetwork) "localhost";

@@ -20,6 +20,18 @@ pkgs.testers.runNixOSTest {
       enable = true;
       provider = "tpm";
       wireApiserver = true;
+      # The secret the sealed KEK needs; made at boot below (a secrets manager's file in production).
+      tpm.authFile = "/run/phylax-test/tpm-auth";
+    };
+    systemd.services.phylax-test-tpm-auth = {
+      description = "A random TPM auth secret for the Phylax test";
+      wantedBy = [ "phylax-kms-plugin.service" ];
+      before = [ "phylax-kms-plugin.service" ];
+      serviceConfig = { Type = "oneshot"; RemainAfterExit = true; UMask = "0077"; };
+      script = ''
+        mkdir -p /run/phylax-test
+        test -s /run/phylax-test/tpm-auth || head -c 32 /dev/urandom > /run/phylax-test/tpm-auth
+      '';
     };
     environment.systemPackages = [ pkgs.kubectl pkgs.etcd pkgs.tpm2-tools ];
   };
@@ -30,6 +42,9 @@ pkgs.testers.runNixOSTest {
     # The KEK is sealed to this TPM and private to the plugin's user.
     machine.succeed("test -s /var/lib/phylax-kms/kek.sealed")
     machine.succeed("test $(stat -c %U /var/lib/phylax-kms/kek.sealed) = phylax-kms")
+    # Sealed with the auth secret, and pinned to this TPM's storage primary key.
+    machine.succeed("grep -q '\"authValue\": true' /var/lib/phylax-kms/kek.sealed")
+    machine.succeed("grep -q '\"primaryPublic\"' /var/lib/phylax-kms/kek.sealed")
     # The socket: the API server's group may connect, others may not.
     machine.succeed("test $(stat -c %G /run/phylax-kms/kms.sock) = kubernetes")
 

@@ -53,12 +53,14 @@ async fn the_static_binary_is_static_and_every_role_starts() {
     let work = Workdir::new();
     let tpm = Swtpm::start(work.path("tpm")).await;
     let sealed = work.path("kek.sealed");
+    let auth = work.key("tpm-auth");
     let args = [
         format!("--listen=unix://{}", work.socket().display()),
         "--provider=tpm".to_owned(),
         format!("--tpm-tcti={}", tpm.tcti()),
         format!("--tpm-sealed-key={}", sealed.display()),
         "--tpm-create-sealed-key".to_owned(),
+        format!("--tpm-auth-file={}", auth.display()),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut kms = Phylax::start_with(exe.clone(), "kms-plugin", &args, None, &HashMap::new());
