@@ -1,7 +1,10 @@
 #!/bin/bash
 # Runs every fuzz target for a while (default 20 s each) with cargo-fuzz (libFuzzer + ASan).
 # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them.
-# Crashes are kept under fuzz/artifacts/<target>/ and fail the run.
+# Each target starts from fuzz/corpus/<target>/, kept in the repository, so every run replays what
+# earlier runs found; a crash is kept under fuzz/artifacts/<target>/ and fails the run: once fixed,
+# copy the input into the target's corpus so every later run checks it again. New inputs a run finds
+# land in the corpus; `cargo fuzz cmin <target>` before committing them keeps it small.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${1:-20}

@@ -54,6 +54,9 @@ step "static musl binary (scripts/build-static.sh; C libraries cached in /var/tm
 scripts/build-static.sh
 export PHYLAX_STATIC_BIN=$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/release/phylax
 
+step "fuzz: each target replays its corpus (fuzz/corpus, kept in the repository) and runs ${PHYLAX_FUZZ_SECONDS:-10}s"
+scripts/fuzz.sh "${PHYLAX_FUZZ_SECONDS:-10}"
+
 step "cargo test (unit, CLI, real control plane)"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
