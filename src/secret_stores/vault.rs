@@ -1,8 +1,9 @@
 //! `vault`: HashiCorp Vault's KV secrets engine, version 1 or 2, through vaultrs. A path is the
 //! secret's path under the mount (`shop/config` reads `<mount>/data/shop/config` on KV v2).
 //!
-//! Authentication by Vault's Kubernetes auth method (the operator's ServiceAccount token,
-//! re-read at each login, exchanged for a Vault token that is renewed by logging in again) or by
+//! Authentication by Vault's Kubernetes auth method (a short-lived token of the dedicated
+//! `phylax-vault-auth` ServiceAccount, requested through the TokenRequest API for Vault's audience
+//! at each login and exchanged for a Vault token that is renewed by logging in again) or by
 //! a token in a Secret of the operator's namespace (re-read when Vault refuses it).
 //! The role's policy needs the `read` capability on the paths.
 

@@ -2,7 +2,7 @@
 //! profile from the webhook; a process standing for its container (this test binary, with a
 //! `/proc/<pid>/cgroup` naming the container in the agents' proc root) loads the logging profile
 //! the node agent installed and makes a few syscalls; the kernel logs them to /dev/kmsg; when the
-//! pod ends, the agent on its node writes `SeccompProfile <recording>-<container>` allowing them.
+//! pod ends, the agent on its node writes `SeccompProfile <namespace>.<recording>.<container>` allowing them.
 
 use std::io::Write;
 
