@@ -126,6 +126,7 @@ fn watch_node_agents(
     tasks.spawn(keep_current);
     validate::node_writes::NodeAgents {
         username: format!("system:serviceaccount:{ns}:{name}"),
+        namespace: ns.clone(),
         pods,
         recordings,
     }

@@ -73,3 +73,18 @@ impl SecretVolume {
         std::fs::rename(&tmp, self.path().join("..data")).expect("swap ..data");
     }
 }
+
+/// A TLS client configuration trusting only the certificates in `ca_pem`.
+#[allow(dead_code)]
+pub fn client_config(ca_pem: &str) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("ca pem")).expect("add root");
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("protocols")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}

@@ -12,7 +12,6 @@ use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::DeleteParams;
-use rustls::pki_types::pem::PemObject;
 use serde_json::json;
 
 use super::{Traffic, register, start_webhook, wait_active};
@@ -57,16 +56,7 @@ enum Ending {
 }
 
 async fn connect(port: u16, ca_pem: &str) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.expect("ca pem")).expect("root");
-    }
-    let config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("protocols")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    let config = crate::support::tls::client_config(ca_pem);
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("the webhook accepts connections");

@@ -381,17 +381,7 @@ impl Traffic {
 
 /// Whether a TLS client trusting only `ca_pem` completes a handshake with the webhook.
 async fn handshake(port: u16, ca_pem: &str) -> bool {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.expect("ca pem")).expect("add root");
-    }
-    let config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("protocols")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    let config = support::tls::client_config(ca_pem);
     let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
         return false;
     };

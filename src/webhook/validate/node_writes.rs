@@ -30,6 +30,8 @@ const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
 pub struct NodeAgents {
     /// `system:serviceaccount:<namespace>:<name>`.
     pub username: String,
+    /// The agents' namespace, where their pods are.
+    pub namespace: String,
     /// The agent pods, in the agents' namespace.
     pub pods: Store<Pod>,
     /// ProfileRecordings, to check that an extended recorded profile has one.
@@ -41,6 +43,7 @@ impl NodeAgents {
     pub fn empty() -> NodeAgents {
         NodeAgents {
             username: "system:serviceaccount:phylax-system:phylax-node-agent".into(),
+            namespace: "phylax-system".into(),
             pods: kube::runtime::reflector::store().0,
             recordings: kube::runtime::reflector::store().0,
         }
@@ -65,7 +68,7 @@ impl NodeAgents {
                     .into(),
             );
         };
-        let namespace = self.username.split(':').nth(2).unwrap_or_default();
+        let namespace = self.namespace.as_str();
         let Some(pod) = self.pods.get(&ObjectRef::new(name).within(namespace)) else {
             return Err(format!(
                 "node agent pod {namespace}/{name} is not known to the webhook yet; retry"
