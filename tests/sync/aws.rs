@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
+use phylax::operator::secret_sync::hash_key;
 use serde_json::json;
 
 use crate::doubles::Relay;
@@ -78,7 +79,19 @@ async fn aws_secrets_reach_only_the_namespaces_and_paths_the_provider_allows() {
         let annotations = secret.metadata.annotations.as_ref().unwrap();
         assert_eq!(annotations["secrets.phylax.dev/provider"], provider);
         assert_eq!(annotations["secrets.phylax.dev/path"], "/shared/db");
-        assert!(annotations["secrets.phylax.dev/content-hash"].starts_with("sha256:"));
+        // The content hash is keyed with the operator's own key: whoever reads the annotation
+        // cannot test guesses of the values without it.
+        let key = Api::<Secret>::namespaced(client.clone(), &op_ns.name)
+            .get(hash_key::KEY_SECRET)
+            .await
+            .unwrap();
+        let key = &key.data.as_ref().unwrap()["key"].0;
+        assert_eq!(key.len(), 32);
+        let keyed = hash_key::ContentHasher::new(key).unwrap();
+        assert_eq!(
+            annotations["secrets.phylax.dev/content-hash"],
+            keyed.hash(secret.data.as_ref().unwrap())
+        );
         let note = wait_event(&client, ns, uid, "SecretSynced").await;
         assert!(note.contains("Secret db") && note.contains(&provider), "{note}");
     }
@@ -109,7 +122,13 @@ async fn aws_secrets_reach_only_the_namespaces_and_paths_the_provider_allows() {
     );
     let cross_pod = create_pod(&client, &bank.name, "cross", &cross).await;
     let note = wait_event(&client, &bank.name, &cross_pod, "SecretSyncRefused").await;
-    assert!(note.contains("matches none of spec.paths"), "{note}");
+    // The pod's namespace is told the path is not allowed, not which paths the provider allows.
+    assert!(note.contains("not among those its spec.paths allow"), "{note}");
+    assert!(!note.contains("/shared/*"), "{note}");
+    assert!(
+        op.logs().iter().any(|l| l.contains("matches none of spec.paths")),
+        "the log says which patterns were tried"
+    );
     for (ns, name) in [(&other.name, "db"), (&bank.name, "stolen")] {
         let api: Api<Secret> = Api::namespaced(client.clone(), ns);
         assert!(
@@ -171,6 +190,10 @@ async fn aws_secrets_reach_only_the_namespaces_and_paths_the_provider_allows() {
     let later_pod = create_pod(&client, &shop.name, "later", &later).await;
     let note = wait_event(&client, &shop.name, &later_pod, "SecretStoreUnavailable").await;
     assert!(note.contains("will retry"), "{note}");
+    // The store's address and the SDK's error text stay in the operator's log.
+    let address = relay.url();
+    let port = address.rsplit(':').next().unwrap_or_default();
+    assert!(!note.contains(port) && !note.contains("dispatch"), "{note}");
     provider_condition(&client, &provider, "Reachable", "False").await;
     put(&sm, "/shared/later", r#"{"A":"1"}"#).await;
     relay.restore().await;

@@ -124,6 +124,17 @@ async fn vault_kv2_with_kubernetes_auth_denials_and_a_sealed_vault() {
     provider_condition(&client, &provider, "Ready", "True").await;
     let why = provider_condition(&client, &wrong, "Configured", "False").await;
     assert!(why.contains("role \"bank\""), "{why}");
+    // A pod using it is told the provider is not usable, not what Vault said about its role.
+    let refused = create_pod(
+        &client,
+        &ns.name,
+        "wrong",
+        &format!("{{provider: {wrong}, path: shop/db, secretName: wr}}"),
+    )
+    .await;
+    let note = wait_event(&client, &ns.name, &refused, "SecretProviderNotReady").await;
+    assert!(note.contains("is not usable") && note.contains(&wrong), "{note}");
+    assert!(!note.contains("bank") && !note.contains("127.0.0.1"), "{note}");
 
     let both = format!(
         "- {{provider: {provider}, path: shop/db, secretName: db}}\n- {{provider: {by_token}, path: shop/db, secretName: db2}}"
@@ -164,7 +175,14 @@ async fn vault_kv2_with_kubernetes_auth_denials_and_a_sealed_vault() {
     )
     .await;
     let note = wait_event(&client, &ns.name, &later, "SecretStoreUnavailable").await;
-    assert!(note.contains("sealed") && note.contains("will retry"), "{note}");
+    assert!(
+        note.contains("unreachable") && note.contains("will retry"),
+        "{note}"
+    );
+    // Vault's address and state are for the provider's owner: the log has them, the event not.
+    let port = vault.url.rsplit(':').next().unwrap_or_default().to_owned();
+    assert!(!note.contains(&port) && !note.contains("sealed"), "{note}");
+    assert!(op.logs().iter().any(|l| l.contains("sealed")));
     vault.state.sealed.store(false, Ordering::SeqCst);
     assert_eq!(data_of(&wait_secret(&client, &ns.name, "later").await)["k"], "v");
 
@@ -348,7 +366,7 @@ async fn azure_key_vault_with_client_credentials_throttling_and_denials() {
     .await;
     let note = wait_event(&client, &ns.name, &garbled, "SecretSourceInvalid").await;
     assert!(
-        note.contains("malformed answer") && !note.contains("gateway"),
+        note.contains("not a secret") && !note.contains("gateway"),
         "{note}"
     );
 

@@ -6,29 +6,91 @@ use std::collections::BTreeMap;
 use crate::api::secret_provider::{NamespaceRules, SecretProviderSpec};
 use crate::api::selectors::{glob_matches, selector_matches};
 
-/// Why a request is refused; the message names the provider's field to change.
+/// Why a request is refused. The requesting namespace learns only what it can act on (its own
+/// path, that its namespace or path is not allowed); the provider's patterns are the provider
+/// owner's business and appear only in the operator's log and the provider's status.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// The requested path itself is malformed.
+    BadPath(String),
+    /// The provider's own patterns are unsafe; the provider's Configured condition says which.
+    UnsafePatterns(String),
+    NamespaceNotAllowed {
+        namespace: String,
+    },
+    NoPaths,
+    PathNotAllowed {
+        path: String,
+        namespace: String,
+        patterns: Vec<String>,
+    },
+}
+
+impl Refusal {
+    /// The whole story, for the operator's log; names the provider's field to change.
+    pub fn detail(&self) -> String {
+        match self {
+            Refusal::BadPath(why) | Refusal::UnsafePatterns(why) => why.clone(),
+            Refusal::NamespaceNotAllowed { namespace } => format!(
+                "namespace {namespace} is not allowed: add it to spec.namespaces.names or label it to match \
+                 spec.namespaces.selector"
+            ),
+            Refusal::NoPaths => "spec.paths is empty, so no path is allowed".to_owned(),
+            Refusal::PathNotAllowed {
+                path,
+                namespace,
+                patterns,
+            } => format!(
+                "path {path:?} matches none of spec.paths ({}) for namespace {namespace}",
+                patterns.join(", ")
+            ),
+        }
+    }
+
+    /// What the requesting namespace is told (an event on its pod).
+    pub fn public(&self) -> String {
+        match self {
+            Refusal::BadPath(why) => why.clone(),
+            Refusal::UnsafePatterns(_) => {
+                "its spec.paths are refused as unsafe (its Configured condition says why); ask its owner to \
+                 fix them"
+                    .to_owned()
+            }
+            Refusal::NamespaceNotAllowed { namespace } => format!(
+                "namespace {namespace} is not allowed by its spec.namespaces; ask its owner to allow it"
+            ),
+            Refusal::NoPaths | Refusal::PathNotAllowed { .. } => {
+                "the path is not among those its spec.paths allow for this namespace; ask its owner which \
+                 paths are"
+                    .to_owned()
+            }
+        }
+    }
+}
+
+/// Checks a request against a provider's rules. Default is deny.
 pub fn check(
     spec: &SecretProviderSpec,
     namespace: &str,
     ns_labels: &BTreeMap<String, String>,
     path: &str,
-) -> Result<(), String> {
-    check_path_shape(path)?;
-    check_patterns(&spec.paths)?;
+) -> Result<(), Refusal> {
+    check_path_shape(path).map_err(Refusal::BadPath)?;
+    check_patterns(&spec.paths).map_err(Refusal::UnsafePatterns)?;
     if !namespace_allowed(&spec.namespaces, namespace, ns_labels) {
-        return Err(format!(
-            "namespace {namespace} is not allowed: add it to spec.namespaces.names or label it to match \
-             spec.namespaces.selector"
-        ));
+        return Err(Refusal::NamespaceNotAllowed {
+            namespace: namespace.to_owned(),
+        });
     }
     if !spec.paths.iter().any(|p| path_matches(p, namespace, path)) {
         return Err(if spec.paths.is_empty() {
-            "spec.paths is empty, so no path is allowed".to_owned()
+            Refusal::NoPaths
         } else {
-            format!(
-                "path {path:?} matches none of spec.paths ({}) for namespace {namespace}",
-                spec.paths.join(", ")
-            )
+            Refusal::PathNotAllowed {
+                path: path.to_owned(),
+                namespace: namespace.to_owned(),
+                patterns: spec.paths.clone(),
+            }
         });
     }
     Ok(())
@@ -132,7 +194,12 @@ mod tests {
         }))
         .unwrap();
         let err = check(&spec, "team", &BTreeMap::new(), "team-payments-db").unwrap_err();
-        assert!(err.contains("lets one namespace read another's"), "{err}");
+        assert!(
+            err.detail().contains("lets one namespace read another's"),
+            "{err:?}"
+        );
+        // The requester is not shown the provider's patterns.
+        assert!(!err.public().contains("{namespace}"), "{}", err.public());
     }
 
     #[test]
@@ -162,12 +229,14 @@ mod tests {
         assert!(
             check(&spec, "shop", &none, "/a")
                 .unwrap_err()
+                .detail()
                 .contains("not allowed")
         );
         spec.namespaces.names = vec!["shop".into()];
         assert!(
             check(&spec, "shop", &none, "/a")
                 .unwrap_err()
+                .detail()
                 .contains("spec.paths is empty")
         );
         spec.paths = vec!["/prod/{namespace}/*".into()];
@@ -175,16 +244,19 @@ mod tests {
         assert!(
             check(&spec, "shop", &none, "/prod/bank/db")
                 .unwrap_err()
+                .detail()
                 .contains("matches none")
         );
         assert!(
             check(&spec, "bank", &none, "/prod/bank/db")
                 .unwrap_err()
+                .detail()
                 .contains("namespace bank")
         );
         assert!(
             check(&spec, "shop", &none, "/prod/shop/../bank/db")
                 .unwrap_err()
+                .detail()
                 .contains("traversal")
         );
     }

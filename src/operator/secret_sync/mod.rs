@@ -12,6 +12,7 @@
 
 pub mod access;
 pub mod coalesce;
+pub mod hash_key;
 mod metrics;
 pub mod outcome;
 pub mod render;
@@ -100,6 +101,8 @@ struct Ctx {
     progress: Mutex<HashMap<String, Progress>>,
     policy: ErrorPolicy,
     retry_max: Duration,
+    /// Keys the content-hash annotation of the Secrets written.
+    hasher: hash_key::ContentHasher,
 }
 
 struct Progress {
@@ -156,6 +159,9 @@ pub async fn run(
         Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
         watcher::Config::default(),
     );
+    let Some(hasher) = content_hasher(&client, &namespace, &term).await else {
+        return Ok(());
+    };
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         stores: Stores::new(
@@ -186,6 +192,7 @@ pub async fn run(
             args.sync_retry_max,
         ),
         retry_max: args.sync_retry_max,
+        hasher,
     });
     // A provider whose spec changed is checked (and its status written) once.
     let check_providers = {
@@ -274,6 +281,32 @@ pub async fn run(
     background.shutdown().await;
     tracing::info!("secret sync stopped");
     Ok(())
+}
+
+/// The content-hash key, retried (capped backoff) until it can be read or created: a transient
+/// API failure must not stop secret sync for good, and a bad key Secret waits for a person.
+/// `None` when asked to stop first.
+async fn content_hasher(
+    client: &Client,
+    namespace: &str,
+    term: &CancellationToken,
+) -> Option<hash_key::ContentHasher> {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match hash_key::load_or_create(client.clone(), namespace).await {
+            Ok(h) => return Some(h),
+            Err(e) => tracing::error!(
+                error = format!("{e:#}"),
+                retry_in = ?wait,
+                "secret sync waits for its content-hash key"
+            ),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = term.cancelled() => return None,
+        }
+        wait = (wait * 2).min(Duration::from_secs(60));
+    }
 }
 
 /// The objects of `api` that ask for secrets, as a store and the stream of those whose
@@ -415,7 +448,7 @@ async fn sync(t: &Trigger, ctx: &Ctx) -> Result<(), Retry> {
                     result: e.result().into(),
                 })
                 .inc();
-            ctx.publish(t, EventType::Warning, e.reason(), e.message()).await;
+            ctx.publish(t, EventType::Warning, e.reason(), e.note()).await;
             return Ok(());
         }
     };
@@ -481,7 +514,7 @@ async fn sync(t: &Trigger, ctx: &Ctx) -> Result<(), Retry> {
                     message = e.message(),
                     "secret sync failed"
                 );
-                ctx.publish(t, EventType::Warning, e.reason(), e.message()).await;
+                ctx.publish(t, EventType::Warning, e.reason(), e.note()).await;
                 if e.is_transient() {
                     let retry = failed.get_or_insert(Retry {
                         failed: 0,
@@ -533,9 +566,9 @@ async fn sync_one(
             .get(&ObjectRef::new(namespace))
             .and_then(|n| n.metadata.labels.clone())
             .unwrap_or_default();
-        access::check(&sp.spec, namespace, &labels, &req.path).map_err(|why| SyncError::Refused {
+        access::check(&sp.spec, namespace, &labels, &req.path).map_err(|refusal| SyncError::Refused {
             provider: req.provider.clone(),
-            why,
+            refusal,
         })?;
         let store = ctx
             .stores
@@ -593,6 +626,7 @@ async fn sync_one(
             name: &req.secret_name,
             provider: &req.provider,
             path: &req.path,
+            hasher: &ctx.hasher,
         }
         .write(&data)
         .await
@@ -633,6 +667,7 @@ mod tests {
             progress: Mutex::new(HashMap::new()),
             policy: ErrorPolicy::standard("secret-sync", metrics),
             retry_max: Duration::from_secs(60),
+            hasher: hash_key::ContentHasher::new(&[7; 32]).unwrap(),
         }
     }
 

@@ -1,10 +1,16 @@
 //! Every outcome of a sync as an event reason, an actionable message and a metric label.
 //! Messages name providers, paths, Secrets and permissions, never values.
+//!
+//! Two audiences: the operator's log (and the SecretProvider's status) get the whole story; the
+//! event on the pod that asked, readable by everyone in its namespace, gets what that namespace
+//! can act on. Events never carry a provider's path patterns, its credential Secrets, its
+//! store's address or a store's raw error text.
 
 use std::time::Duration;
 
 use crate::secret_stores::StoreError;
 
+use super::access::Refusal;
 use super::render::RenderError;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -20,7 +26,7 @@ pub enum SyncError {
     /// The provider's namespace/path rules refuse the request.
     Refused {
         provider: String,
-        why: String,
+        refusal: Refusal,
     },
     Store {
         provider: String,
@@ -113,7 +119,9 @@ impl SyncError {
             SyncError::ProviderNotReady { provider, why } => {
                 format!("SecretProvider {provider} is not usable: {why}; will retry")
             }
-            SyncError::Refused { provider, why } => format!("refused by SecretProvider {provider}: {why}"),
+            SyncError::Refused { provider, refusal } => {
+                format!("refused by SecretProvider {provider}: {}", refusal.detail())
+            }
             SyncError::Store {
                 provider,
                 path,
@@ -157,6 +165,40 @@ impl SyncError {
             SyncError::Write(why) => format!("cannot write the Secret: {why}; will retry"),
         }
     }
+
+    /// The event's note on the object that asked: what its namespace can act on, nothing about
+    /// the provider's configuration or its store's internals (see the module's comment).
+    pub fn note(&self) -> String {
+        const ASK: &str = "its status conditions and the operator's log say why";
+        match self {
+            SyncError::ProviderNotReady { provider, .. }
+            | SyncError::Store {
+                provider,
+                error: StoreError::Config(_),
+                ..
+            } => format!("SecretProvider {provider} is not usable ({ASK}); will retry"),
+            SyncError::Refused { provider, refusal } => {
+                format!("refused by SecretProvider {provider}: {}", refusal.public())
+            }
+            SyncError::Store {
+                provider,
+                error: StoreError::Unreachable(_),
+                ..
+            } => format!(
+                "SecretProvider {provider}'s store is unreachable (its Reachable condition and the operator's \
+                 log say why); will retry"
+            ),
+            SyncError::Store {
+                provider,
+                path,
+                error: StoreError::Corrupt(_),
+            } => format!(
+                "SecretProvider {provider}'s store answered with something that is not a secret for {path:?} \
+                 (the operator's log says what)"
+            ),
+            _ => self.message(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -185,5 +227,87 @@ mod tests {
         };
         assert!(down.is_transient());
         assert_eq!(down.retry_after(), Some(Duration::from_secs(3)));
+    }
+
+    /// The details a provider's owner keeps to themselves reach the log, not the pod's event.
+    #[test]
+    fn events_keep_the_providers_internals_out() {
+        let internal = [
+            (
+                SyncError::ProviderNotReady {
+                    provider: "vault".into(),
+                    why: "credential Secret phylax-system/vault-approle has no key secret_id".into(),
+                },
+                "phylax-system/vault-approle",
+            ),
+            (
+                SyncError::Store {
+                    provider: "vault".into(),
+                    path: "shop/db".into(),
+                    error: StoreError::Unreachable(
+                        "error sending request for url (https://vault.internal:8200/v1/kv/data/shop/db)"
+                            .into(),
+                    ),
+                },
+                "vault.internal",
+            ),
+            (
+                SyncError::Store {
+                    provider: "aws".into(),
+                    path: "/shop/db".into(),
+                    error: StoreError::Config(
+                        "AWS Secrets Manager refused the request: ValidationException: account 123456789012"
+                            .into(),
+                    ),
+                },
+                "123456789012",
+            ),
+            (
+                SyncError::Store {
+                    provider: "vault".into(),
+                    path: "shop/db".into(),
+                    error: StoreError::Corrupt("upstream gateway page <html>".into()),
+                },
+                "gateway",
+            ),
+            (
+                SyncError::Refused {
+                    provider: "shared".into(),
+                    refusal: Refusal::PathNotAllowed {
+                        path: "/prod/bank/db".into(),
+                        namespace: "shop".into(),
+                        patterns: vec!["/prod/{namespace}/*".into(), "/legacy/payments-*".into()],
+                    },
+                },
+                "/legacy/payments-*",
+            ),
+            (
+                SyncError::Refused {
+                    provider: "shared".into(),
+                    refusal: Refusal::UnsafePatterns("spec.paths pattern \"{namespace}-*\" lets ...".into()),
+                },
+                "{namespace}-*",
+            ),
+        ];
+        for (e, detail) in internal {
+            assert!(
+                e.message().contains(detail),
+                "the log lacks {detail:?}: {}",
+                e.message()
+            );
+            let note = e.note();
+            assert!(!note.contains(detail), "the event shows {detail:?}: {note}");
+            assert!(note.contains("SecretProvider"), "{note}");
+        }
+        // What the namespace can act on stays in the event.
+        let denied = SyncError::Store {
+            provider: "aws".into(),
+            path: "/shop/db".into(),
+            error: StoreError::AccessDenied {
+                path: "/shop/db".into(),
+                need: "IAM action secretsmanager:GetSecretValue".into(),
+            },
+        };
+        assert_eq!(denied.note(), denied.message());
     }
 }

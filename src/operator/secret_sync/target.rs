@@ -15,8 +15,9 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 
+use super::hash_key::ContentHasher;
 use super::outcome::SyncError;
-use super::render::{Data, content_hash};
+use super::render::Data;
 use crate::runtime::ownership::{self, OPERATOR_MANAGER as MANAGER};
 
 pub const PROVIDER: &str = "secrets.phylax.dev/provider";
@@ -39,6 +40,7 @@ pub struct Target<'a> {
     pub name: &'a str,
     pub provider: &'a str,
     pub path: &'a str,
+    pub hasher: &'a ContentHasher,
 }
 
 impl Target<'_> {
@@ -65,7 +67,7 @@ impl Target<'_> {
     }
 
     pub async fn write(&self, data: &Data) -> Result<Written, SyncError> {
-        let hash = content_hash(data);
+        let hash = self.hasher.hash(data);
         let secret_ref = format!("{}/{}", self.namespace, self.name);
         let mut created = false;
         // Each retry means someone changed the Secret between our read and our write.
@@ -198,6 +200,14 @@ mod tests {
 
     const PATH_URL: &str = "/api/v1/namespaces/shop/secrets/db";
 
+    fn hasher() -> ContentHasher {
+        ContentHasher::new(&[9; 32]).unwrap()
+    }
+
+    fn content_hash(data: &Data) -> String {
+        hasher().hash(data)
+    }
+
     fn data() -> Data {
         Data::from([("password".to_owned(), ByteString(b"s3cret".to_vec()))])
     }
@@ -236,6 +246,7 @@ mod tests {
             name: "db",
             provider: "aws-prod",
             path: "/prod/db",
+            hasher: &hasher(),
         }
         .write(&data())
         .await;
