@@ -3,6 +3,7 @@
 //! registers). `crate::deploy` renders the install manifests from the same code, so what is
 //! installed matches what runs.
 
+pub mod images;
 pub mod profiles;
 pub mod secret_provider;
 pub mod selectors;

@@ -296,7 +296,11 @@ pub struct NodeReport {
 #[serde(rename_all = "camelCase")]
 pub struct ProfileBindingSpec {
     pub profile_ref: ProfileRef,
-    /// The container image: exact (`registry/app:1.2`), a glob where `*` matches any run of
+    /// The container image, matched whatever its spelling (`nginx:1.25` is also
+    /// `docker.io/library/nginx:1.25`): a repository without tag or digest (`registry/app`: every
+    /// tag and digest of it, the form that cannot be dodged by pinning a digest), a tag or digest
+    /// (`registry/app:1.2`, `registry/app@sha256:…`; a tag never matches a reference that also
+    /// pins a digest, since the digest is what runs), a glob where `*` matches any run of
     /// characters (`registry/app:*`), or `*` for every image.
     pub image: String,
     /// Only pods whose labels match; all pods when absent.

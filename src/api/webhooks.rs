@@ -73,12 +73,21 @@ pub const WEBHOOKS: &[WebhookSpec] = &[
     WebhookSpec {
         name: "profiles",
         mutating: true,
-        rules: &[Rule {
-            groups: &[""],
-            versions: &["v1"],
-            resources: &["pods"],
-            operations: &["CREATE"],
-        }],
+        rules: &[
+            Rule {
+                groups: &[""],
+                versions: &["v1"],
+                resources: &["pods"],
+                operations: &["CREATE"],
+            },
+            // `kubectl debug` adds ephemeral containers to running pods: they are bound too.
+            Rule {
+                groups: &[""],
+                versions: &["v1"],
+                resources: &["pods/ephemeralcontainers"],
+                operations: &["UPDATE"],
+            },
+        ],
         // A pod a ProfileBinding covers must not start without its profile because the webhook was
         // down. kube-system, Phylax's namespace and namespaces labelled `phylax.dev/webhooks:
         // disabled` are never sent to it.
@@ -102,6 +111,19 @@ pub const WEBHOOKS: &[WebhookSpec] = &[
         // Ties each node agent's writes to its node: an unchecked write is what it exists to stop.
         // Only the agents' (and admins') writes to these objects wait for it.
         failure_policy: "Fail",
+        scoped: false,
+    },
+    WebhookSpec {
+        name: "recording-claims",
+        mutating: false,
+        rules: &[Rule {
+            groups: &[""],
+            versions: &["v1"],
+            resources: &["pods"],
+            operations: &["UPDATE"],
+        }],
+        // The node agent checks a recorded pod's recording itself; this refuses the claim early.
+        failure_policy: "Ignore",
         scoped: false,
     },
 ];

@@ -89,6 +89,7 @@ pub fn handlers(
         Arc::new(validate::secret_sync::SecretSyncAnnotation),
         Arc::new(mutate::profiles::ProfileBinder { index: profiles }),
         Arc::new(validate::node_writes::NodeWrites { agents }),
+        Arc::new(validate::recording_claims::RecordingClaims),
     ]
 }
 

@@ -2,7 +2,9 @@
 //! while its bound profile is not installed everywhere and admitted with it once it is;
 //! privileged pods are left alone; recorded pods get the logging profile.
 
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -65,8 +67,8 @@ impl Webhook {
                 "name": "profiles.phylax.dev",
                 "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate/profiles"),
                                  "caBundle": k8s_openapi::ByteString(ca.pem().into_bytes())},
-                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
-                "namespaceSelector": {"matchLabels": {label: "on"}},
+                "rules": rules_of("profiles"),
+                "namespaceSelector": {"matchLabels": {label.clone(): "on"}},
                 "objectSelector": object_selector,
                 "failurePolicy": "Fail",
                 "sideEffects": "None",
@@ -80,6 +82,26 @@ impl Webhook {
             .create(&PostParams::default(), &webhook)
             .await
             .expect("register the webhook");
+        // The check that pod updates do not claim a recording, as shipped (fail open).
+        let claims: ValidatingWebhookConfiguration = serde_json::from_value(json!({
+            "metadata": {"name": config},
+            "webhooks": [{
+                "name": "recording-claims.phylax.dev",
+                "clientConfig": {"url": format!("https://127.0.0.1:{port}/validate/recording-claims"),
+                                 "caBundle": k8s_openapi::ByteString(ca.pem().into_bytes())},
+                "rules": rules_of("recording-claims"),
+                "namespaceSelector": {"matchLabels": {label: "on"}},
+                "failurePolicy": "Ignore",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 5,
+            }],
+        }))
+        .expect("configuration");
+        Api::<ValidatingWebhookConfiguration>::all(client.clone())
+            .create(&PostParams::default(), &claims)
+            .await
+            .expect("register the validating webhook");
         Webhook {
             process,
             config,
@@ -91,9 +113,27 @@ impl Webhook {
         let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
             .delete(&self.config, &DeleteParams::default())
             .await;
+        let _ = Api::<ValidatingWebhookConfiguration>::all(client.clone())
+            .delete(&self.config, &DeleteParams::default())
+            .await;
         self.process.signal(libc::SIGTERM);
         let _ = self.process.wait_exit(TIMEOUT).await;
     }
+}
+
+/// A shipped webhook's rules, as the manifests render them.
+fn rules_of(name: &str) -> Value {
+    let spec = phylax::api::webhooks::WEBHOOKS
+        .iter()
+        .find(|w| w.name == name)
+        .expect("a shipped webhook");
+    spec.rules
+        .iter()
+        .map(|r| {
+            json!({"apiGroups": r.groups, "apiVersions": r.versions,
+                   "operations": r.operations, "resources": r.resources})
+        })
+        .collect()
 }
 
 pub async fn apply_namespaced(client: &Client, ns: &str, kind: &str, name: &str, spec: Value) {
@@ -114,6 +154,36 @@ pub async fn apply_namespaced(client: &Client, ns: &str, kind: &str, name: &str,
         )
         .await
         .unwrap_or_else(|e| panic!("apply {kind} {name}: {e}"));
+}
+
+/// Adds an ephemeral container through the subresource (the EphemeralContainers object of this
+/// 1.20 API server) and returns it as stored, or the API server's refusal.
+async fn add_ephemeral_container(c: &Client, pod: &Pod, image: &str) -> Result<Value, String> {
+    let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+    let url = format!("/api/v1/namespaces/{ns}/pods/{name}/ephemeralcontainers");
+    let body = json!({"apiVersion": "v1", "kind": "EphemeralContainers",
+        "metadata": {"name": name, "namespace": ns},
+        "ephemeralContainers": [{"name": "debug", "image": image, "stdin": true, "tty": true,
+                                 "terminationMessagePolicy": "File"}]});
+    let request = http::Request::put(url)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&body).expect("body"))
+        .expect("request");
+    match c.request::<Value>(request).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) => return Err(s.message),
+        Err(e) => panic!("add an ephemeral container: {e}"),
+    }
+    let stored = Api::<Pod>::namespaced(c.clone(), &ns)
+        .get(&name)
+        .await
+        .expect("get the pod");
+    let added = &stored
+        .spec
+        .expect("spec")
+        .ephemeral_containers
+        .expect("ephemeral containers")[0];
+    Ok(serde_json::to_value(added).expect("json"))
 }
 
 fn seccomp_of(pod: &Pod, container: usize) -> Option<String> {
@@ -254,16 +324,78 @@ async fn bindings_apply_installed_profiles_to_new_pods_and_refuse_the_rest() {
     .expect_err("a pod claiming a recording was admitted");
     assert!(refusal.contains("set by Phylax only"), "{refusal}");
 
-    // Privileged pods are never changed.
+    // Attack: a privileged container beside the bound one no longer exempts the pod. The
+    // privileged container itself gets nothing (the runtime applies no profile to it).
     let privileged = create_pod(
         c,
         &ns.name,
         json!({"metadata": {"name": "priv"}, "spec": {"containers": [
-        {"name": "web", "image": "registry.local/web:2.1", "securityContext": {"privileged": true}}]}}),
+        {"name": "root", "image": "busybox", "securityContext": {"privileged": true}},
+        {"name": "web", "image": "registry.local/web:2.1"}]}}),
     )
     .await
     .expect("privileged pod admitted");
     assert_eq!(seccomp_of(&privileged, 0), None);
+    assert_eq!(
+        seccomp_of(&privileged, 1).as_deref(),
+        Some("phylax/web-bound.json")
+    );
+
+    // Attack: the bound image under another spelling of the same reference.
+    apply_namespaced(
+        c,
+        &ns.name,
+        "ProfileBinding",
+        "nginx",
+        json!({"profileRef": {"kind": "SeccompProfile", "name": "web-bound"}, "image": "nginx:1.25"}),
+    )
+    .await;
+    let spelled = wait_for("the nginx binding to apply", TIMEOUT, || async {
+        let p = create_pod(
+            c,
+            &ns.name,
+            json!({"metadata": {"name": format!("spelled-{}", super::support::random_suffix())},
+                   "spec": {"containers": [{"name": "c", "image": "index.docker.io/library/nginx:1.25"}]}}),
+        )
+        .await
+        .ok()?;
+        seccomp_of(&p, 0).is_some().then_some(p)
+    })
+    .await;
+    assert_eq!(seccomp_of(&spelled, 0).as_deref(), Some("phylax/web-bound.json"));
+
+    // Attack: a bound image run as an ephemeral container in a running pod (`kubectl debug`).
+    // This 1.20 API server gives ephemeral containers no securityContext, so the webhook cannot
+    // bind it and refuses it; an image no binding covers is added.
+    let debugged = create_pod(
+        c,
+        &ns.name,
+        json!({"metadata": {"name": "debugged"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}),
+    )
+    .await
+    .expect("admitted");
+    let refusal = add_ephemeral_container(c, &debugged, "registry.local/web:2.1")
+        .await
+        .expect_err("an unbindable ephemeral container was admitted");
+    assert!(
+        refusal.contains("ProfileBinding web") && refusal.contains("ephemeral container"),
+        "{refusal}"
+    );
+    let added = add_ephemeral_container(c, &debugged, "busybox")
+        .await
+        .expect("an unbound ephemeral container is admitted");
+    assert_eq!(added["image"], "busybox");
+
+    // Attack: an update adds the recording annotation to a running pod.
+    let refusal = Api::<Pod>::namespaced(c.clone(), &ns.name)
+        .patch(
+            "debugged",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {RECORDING_ANNOTATION: "rec"}}})),
+        )
+        .await
+        .expect_err("an update claiming a recording was admitted");
+    assert!(refusal.to_string().contains("set by Phylax only"), "{refusal}");
 
     // A recording takes the containers it selects that no binding covers: the logging profile,
     // and the mark for the recorder. The bound container keeps its binding's profile.

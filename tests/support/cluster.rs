@@ -41,7 +41,12 @@ pub fn cluster() -> &'static TestCluster {
                 .enable_all()
                 .build()
                 .expect("runtime")
-                .block_on(ControlPlane::start(Options::default()))
+                .block_on(ControlPlane::start(Options {
+                    // Ephemeral containers are alpha (off) in 1.20 and on by default from 1.23:
+                    // on here, so what clusters serve today can be tested.
+                    apiserver_args: vec!["--feature-gates=EphemeralContainers=true".into()],
+                    ..Options::default()
+                }))
         })
         .join()
         .unwrap_or_else(|_| panic!("the local control plane did not start (see the message above)"));

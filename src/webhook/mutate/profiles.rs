@@ -3,20 +3,23 @@
 //! `ProfileBinding` whose image and selector match sets the container's seccomp profile
 //! (`type: Localhost`) or AppArmor annotation. A pod whose bound profile is not installed on every
 //! node is refused with what to wait for, so it cannot fail later with CreateContainerError.
-//! Privileged pods are never changed.
+//! Images match whatever their spelling (`api::images`). Privileged containers are skipped (the
+//! runtime applies no profile to them) and said so; the pod's other containers are bound.
+//! Ephemeral containers added to a running pod (`pods/ephemeralcontainers`) are bound too.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{EphemeralContainer, Pod, SecurityContext};
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
+use crate::api::images::{ImagePattern, ImageRef};
 use crate::api::profiles::{
     APPARMOR_ANNOTATION_PREFIX, AppArmorProfile, BOUND_ANNOTATION, ProfileBinding, ProfileBindingSpec,
     ProfileKind, ProfileRecording, ProfileRecordingSpec, RECORDING_ANNOTATION, RECORDING_PROFILE, Recorder,
-    SeccompProfile, glob_matches, seccomp_localhost_profile, selector_matches,
+    SeccompProfile, seccomp_localhost_profile, selector_matches,
 };
 use crate::webhook::review::{FailurePolicy, Handler, Operation, Request, Verdict};
 
@@ -93,8 +96,16 @@ impl Handler for ProfileBinder {
     }
 
     fn review(&self, req: &Request) -> anyhow::Result<Verdict> {
-        if req.operation != Operation::Create || req.kind.kind != "Pod" {
-            return Ok(Verdict::allow());
+        let namespace = req.namespace.clone().unwrap_or_default();
+        match (req.operation, req.kind.kind.as_str(), req.sub_resource.as_deref()) {
+            (Operation::Create, "Pod", None) => {}
+            (Operation::Update, "Pod" | "EphemeralContainers", Some("ephemeralcontainers")) => {
+                if !self.index.ready() {
+                    anyhow::bail!("the webhook has not yet read the cluster's ProfileBindings and profiles");
+                }
+                return self.review_ephemeral(req, &namespace);
+            }
+            _ => return Ok(Verdict::allow()),
         }
         let Some(pod) = req.object::<Pod>() else {
             return Ok(Verdict::allow());
@@ -103,15 +114,7 @@ impl Handler for ProfileBinder {
             anyhow::bail!("the webhook has not yet read the cluster's ProfileBindings and profiles");
         }
         let pod = pod?;
-        let namespace = req.namespace.clone().unwrap_or_default();
-        let bindings: Vec<(String, ProfileBindingSpec)> = self
-            .index
-            .bindings
-            .state()
-            .iter()
-            .filter(|b| b.namespace().as_deref() == Some(namespace.as_str()))
-            .filter_map(|b| b.0.as_ref().ok().map(|b| (b.name_any(), b.spec.clone())))
-            .collect();
+        let bindings = self.bindings(&namespace);
         let recordings: Vec<(String, ProfileRecordingSpec)> = self
             .index
             .recordings
@@ -123,6 +126,74 @@ impl Handler for ProfileBinder {
         Ok(decide(&pod, &bindings, &recordings, |kind, name| {
             self.index.state(kind, name)
         }))
+    }
+}
+
+impl ProfileBinder {
+    fn bindings(&self, namespace: &str) -> Vec<(String, ProfileBindingSpec)> {
+        self.index
+            .bindings
+            .state()
+            .iter()
+            .filter(|b| b.namespace().as_deref() == Some(namespace))
+            .filter_map(|b| b.0.as_ref().ok().map(|b| (b.name_any(), b.spec.clone())))
+            .collect()
+    }
+
+    /// Ephemeral containers: the ones not in the old object are new and get bound.
+    fn review_ephemeral(&self, req: &Request, namespace: &str) -> anyhow::Result<Verdict> {
+        /// The EphemeralContainers object of API servers before 1.22: no labels.
+        #[derive(serde::Deserialize, Default)]
+        #[serde(rename_all = "camelCase")]
+        struct Legacy {
+            #[serde(default)]
+            ephemeral_containers: Vec<EphemeralContainer>,
+        }
+        let (new, old, labels, prefix) = if req.kind.kind == "Pod" {
+            let new: Pod = match req.object() {
+                Some(p) => p?,
+                None => return Ok(Verdict::allow()),
+            };
+            let old: Option<Pod> = req.old_object().transpose()?;
+            let list = |p: &Pod| {
+                p.spec
+                    .as_ref()
+                    .and_then(|s| s.ephemeral_containers.clone())
+                    .unwrap_or_default()
+            };
+            let labels = new.metadata.labels.clone().unwrap_or_default();
+            (
+                list(&new),
+                old.as_ref().map(list).unwrap_or_default(),
+                Some(labels),
+                "/spec/ephemeralContainers",
+            )
+        } else {
+            let new: Legacy = match req.object() {
+                Some(l) => l?,
+                None => return Ok(Verdict::allow()),
+            };
+            let old: Legacy = req.old_object().transpose()?.unwrap_or_default();
+            (
+                new.ephemeral_containers,
+                old.ephemeral_containers,
+                None,
+                "/ephemeralContainers",
+            )
+        };
+        let added: Vec<(usize, &EphemeralContainer)> = new
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !old.iter().any(|o| o.name == c.name))
+            .collect();
+        Ok(decide_ephemeral(
+            &added,
+            prefix,
+            labels.as_ref(),
+            req.kind.kind != "Pod",
+            &self.bindings(namespace),
+            |kind, name| self.index.state(kind, name),
+        ))
     }
 }
 
@@ -230,40 +301,105 @@ fn normalise(path: &str) -> String {
     parts.join("/")
 }
 
-fn privileged(c: &Container) -> bool {
-    c.security_context.as_ref().and_then(|s| s.privileged) == Some(true)
+/// A container the decision looks at, whatever its kind.
+struct Slot<'a> {
+    /// JSON path of the container in the reviewed object.
+    path: String,
+    name: &'a str,
+    image: &'a str,
+    security_context: Option<&'a SecurityContext>,
 }
 
-/// The binding for one container image: an exact image beats a glob, a glob beats `*`; among
-/// equals the first by name.
+impl Slot<'_> {
+    fn privileged(&self) -> bool {
+        self.security_context.and_then(|s| s.privileged) == Some(true)
+    }
+}
+
+/// The binding for one container image: an exact image beats a repository, a repository beats a
+/// glob, a glob beats `*`; among equals the first by name.
 fn binding_for<'a>(
     bindings: &'a [(String, ProfileBindingSpec)],
-    labels: &BTreeMap<String, String>,
+    labels: Option<&BTreeMap<String, String>>,
     image: &str,
-) -> Option<&'a (String, ProfileBindingSpec)> {
-    let rank = |b: &ProfileBindingSpec| {
-        if b.image == image {
-            0
-        } else if b.image == "*" {
-            2
-        } else {
-            1
+) -> Result<Option<&'a (String, ProfileBindingSpec)>, String> {
+    let image = ImageRef::parse(image);
+    let mut matching: Vec<(u8, &(String, ProfileBindingSpec))> = Vec::new();
+    for entry in bindings {
+        let Some(rank) = ImagePattern::parse(&entry.1.image).rank(&image) else {
+            continue;
+        };
+        match (&entry.1.pod_selector, labels) {
+            (None, _) => {}
+            (Some(s), Some(labels)) => {
+                if !selector_matches(s, labels) {
+                    continue;
+                }
+            }
+            // A selector that cannot be evaluated must not be guessed either way.
+            (Some(_), None) => {
+                return Err(format!(
+                    "ProfileBinding {} selects pods by label, and this API server does not send the pod's \
+                     labels with ephemeral containers",
+                    entry.0
+                ));
+            }
         }
-    };
-    let mut matching: Vec<&(String, ProfileBindingSpec)> = bindings
-        .iter()
-        .filter(|(_, b)| {
-            b.pod_selector
-                .as_ref()
-                .is_none_or(|s| selector_matches(s, labels))
-        })
-        .filter(|(_, b)| glob_matches(&b.image, image))
-        .collect();
-    matching.sort_by(|a, b| rank(&a.1).cmp(&rank(&b.1)).then(a.0.cmp(&b.0)));
-    matching.first().copied()
+        matching.push((rank, entry));
+    }
+    matching.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.0.cmp(&b.1.0)));
+    Ok(matching.first().map(|(_, b)| *b))
 }
 
-/// The decision, free of I/O: `state` gives a profile's overall state (None: no such profile).
+fn set_seccomp(patch: &mut Vec<Value>, slot: &Slot, profile: &str) {
+    let value = json!({"type": "Localhost", "localhostProfile": profile});
+    let path = &slot.path;
+    if slot.security_context.is_none() {
+        patch.push(json!({"op": "add", "path": format!("{path}/securityContext"), "value": {"seccompProfile": value}}));
+    } else {
+        patch.push(
+            json!({"op": "add", "path": format!("{path}/securityContext/seccompProfile"), "value": value}),
+        );
+    }
+}
+
+/// Refuses a binding whose profile is not installed on every node, saying what to wait for.
+fn require_installed(
+    state: &impl Fn(ProfileKind, &str) -> Option<String>,
+    binding: &str,
+    b: &ProfileBindingSpec,
+    slot: &Slot,
+) -> Option<Verdict> {
+    let (kind, name) = (b.profile_ref.kind, b.profile_ref.name.as_str());
+    let why = match state(kind, name).as_deref() {
+        Some("Installed") => return None,
+        None => format!("{} {name} does not exist", kind.as_str()),
+        Some(s) => format!("{} {name} is {s}, not Installed on every node", kind.as_str()),
+    };
+    Some(Verdict::deny(format!(
+        "ProfileBinding {binding} binds {} {name} to container {:?} (image {:?}), but {why}; \
+         the pod is refused so it does not fail to start on a node without the profile. \
+         Create it again once `kubectl get {} {name}` shows Installed",
+        kind.as_str(),
+        slot.name,
+        slot.image,
+        match kind {
+            ProfileKind::SeccompProfile => "seccompprofile",
+            ProfileKind::AppArmorProfile => "apparmorprofile",
+        }
+    )))
+}
+
+fn privileged_warning(slot: &Slot) -> String {
+    format!(
+        "container {:?} is privileged: the runtime applies no seccomp or AppArmor profile to it, so \
+         Phylax binds none",
+        slot.name
+    )
+}
+
+/// The decision for a new pod, free of I/O: `state` gives a profile's overall state (None: no
+/// such profile).
 pub fn decide(
     pod: &Pod,
     bindings: &[(String, ProfileBindingSpec)],
@@ -274,8 +410,7 @@ pub fn decide(
         return Verdict::allow();
     };
     let labels = pod.labels();
-    // (JSON path of the container, container)
-    let containers: Vec<(String, &Container)> = spec
+    let slots: Vec<Slot> = spec
         .containers
         .iter()
         .enumerate()
@@ -287,33 +422,17 @@ pub fn decide(
                 .enumerate()
                 .map(|(i, c)| (format!("/spec/initContainers/{i}"), c)),
         )
+        .map(|(path, c)| Slot {
+            path,
+            name: &c.name,
+            image: c.image.as_deref().unwrap_or_default(),
+            security_context: c.security_context.as_ref(),
+        })
         .collect();
-    if containers.iter().any(|(_, c)| privileged(c)) {
-        // Not bound, but not let through with Phylax's own marks either.
-        if let Some(refusal) = refuse_recording_claims(pod, None, &[]) {
-            return refusal;
-        }
-        let applies = !bindings.is_empty() || !recordings.is_empty();
-        return Verdict::Allow {
-            warnings: if applies {
-                vec!["Phylax binds no security profile to privileged pods; this pod runs without one".into()]
-            } else {
-                Vec::new()
-            },
-        };
-    }
 
     let mut patch: Vec<Value> = Vec::new();
     let mut annotations: BTreeMap<String, String> = BTreeMap::new();
     let mut warnings = Vec::new();
-    let set_seccomp = |patch: &mut Vec<Value>, path: &str, c: &Container, profile: &str| {
-        let value = json!({"type": "Localhost", "localhostProfile": profile});
-        if c.security_context.is_none() {
-            patch.push(json!({"op": "add", "path": format!("{path}/securityContext"), "value": {"seccompProfile": value}}));
-        } else {
-            patch.push(json!({"op": "add", "path": format!("{path}/securityContext/seccompProfile"), "value": value}));
-        }
-    };
 
     let mut active: Vec<&(String, ProfileRecordingSpec)> = recordings
         .iter()
@@ -327,48 +446,41 @@ pub fn decide(
     // matches a recording's selector cannot trade a binding's profile for the log-everything one.
     let mut bound = Vec::new();
     let mut recorded: Vec<&str> = Vec::new();
-    for (path, c) in &containers {
-        let image = c.image.as_deref().unwrap_or_default();
-        let Some((binding, b)) = binding_for(bindings, labels, image) else {
+    for slot in &slots {
+        let found = match binding_for(bindings, Some(labels), slot.image) {
+            Ok(found) => found,
+            Err(why) => return Verdict::deny(why),
+        };
+        if slot.privileged() {
+            // One privileged container no longer exempts the others; it is only skipped itself.
+            if found.is_some() || recording.is_some() {
+                warnings.push(privileged_warning(slot));
+            }
+            continue;
+        }
+        let Some((binding, b)) = found else {
             if recording.is_some() {
-                set_seccomp(&mut patch, path, c, RECORDING_PROFILE);
-                recorded.push(path);
+                set_seccomp(&mut patch, slot, RECORDING_PROFILE);
+                recorded.push(&slot.path);
             }
             continue;
         };
-        let (kind, name) = (b.profile_ref.kind, b.profile_ref.name.as_str());
-        match state(kind, name).as_deref() {
-            Some("Installed") => {}
-            other => {
-                let why = match other {
-                    None => format!("{} {name} does not exist", kind.as_str()),
-                    Some(s) => format!("{} {name} is {s}, not Installed on every node", kind.as_str()),
-                };
-                return Verdict::deny(format!(
-                    "ProfileBinding {binding} binds {} {name} to container {:?} (image {image:?}), but {why}; \
-                     the pod is refused so it does not fail to start on a node without the profile. \
-                     Create it again once `kubectl get {} {name}` shows Installed",
-                    kind.as_str(),
-                    c.name,
-                    match kind {
-                        ProfileKind::SeccompProfile => "seccompprofile",
-                        ProfileKind::AppArmorProfile => "apparmorprofile",
-                    }
-                ));
-            }
+        if let Some(refusal) = require_installed(&state, binding, b, slot) {
+            return refusal;
         }
+        let (kind, name) = (b.profile_ref.kind, b.profile_ref.name.as_str());
         match kind {
             ProfileKind::SeccompProfile => {
-                set_seccomp(&mut patch, path, c, &seccomp_localhost_profile(name));
+                set_seccomp(&mut patch, slot, &seccomp_localhost_profile(name));
             }
             ProfileKind::AppArmorProfile => {
                 annotations.insert(
-                    format!("{APPARMOR_ANNOTATION_PREFIX}{}", c.name),
+                    format!("{APPARMOR_ANNOTATION_PREFIX}{}", slot.name),
                     format!("localhost/{name}"),
                 );
             }
         }
-        bound.push(format!("{}={}/{name}", c.name, kind.as_str()));
+        bound.push(format!("{}={}/{name}", slot.name, kind.as_str()));
     }
     if !bound.is_empty() {
         annotations.insert(BOUND_ANNOTATION.into(), bound.join(","));
@@ -385,7 +497,7 @@ pub fn decide(
         return refusal;
     }
     if patch.is_empty() && annotations.is_empty() {
-        return Verdict::allow();
+        return Verdict::Allow { warnings };
     }
     if pod.metadata.annotations.is_none() {
         patch.push(json!({"op": "add", "path": "/metadata/annotations", "value": annotations}));
@@ -395,10 +507,92 @@ pub fn decide(
             patch.push(json!({"op": "add", "path": format!("/metadata/annotations/{key}"), "value": v}));
         }
     }
+    finish(patch, warnings)
+}
+
+fn finish(patch: Vec<Value>, warnings: Vec<String>) -> Verdict {
     match serde_json::from_value(Value::Array(patch)) {
         Ok(patch) => Verdict::Patch { patch, warnings },
         Err(e) => Verdict::deny(format!("internal error: cannot build the patch: {e}")),
     }
+}
+
+/// The decision for ephemeral containers added to a running pod: each new one gets its binding's
+/// seccomp profile, as a container of a new pod would. `prefix` is where the list sits in the
+/// reviewed object (`/spec/ephemeralContainers` in a Pod, `/ephemeralContainers` in the
+/// EphemeralContainers object of API servers before 1.22); `labels` is None when the object
+/// does not carry the pod's labels. Recordings do not take ephemeral containers, and none may
+/// name the recording profile itself. Before 1.22 (`legacy`) an ephemeral container cannot have a
+/// securityContext at all, so one a binding covers is refused: it would run without its profile.
+pub fn decide_ephemeral(
+    added: &[(usize, &EphemeralContainer)],
+    prefix: &str,
+    labels: Option<&BTreeMap<String, String>>,
+    legacy: bool,
+    bindings: &[(String, ProfileBindingSpec)],
+    state: impl Fn(ProfileKind, &str) -> Option<String>,
+) -> Verdict {
+    let mut patch = Vec::new();
+    let mut warnings = Vec::new();
+    for (i, c) in added {
+        let slot = Slot {
+            path: format!("{prefix}/{i}"),
+            name: &c.name,
+            image: c.image.as_deref().unwrap_or_default(),
+            security_context: c.security_context.as_ref(),
+        };
+        if let Some(p) = slot
+            .security_context
+            .and_then(|s| s.seccomp_profile.as_ref())
+            .and_then(|p| p.localhost_profile.as_deref())
+            .filter(|p| normalise(p) == RECORDING_PROFILE)
+        {
+            return Verdict::deny(format!(
+                "{} names {p:?}, Phylax's recording profile, which logs every syscall and blocks none; \
+                 only Phylax gives it: use RuntimeDefault or a SeccompProfile of your own",
+                slot.path
+            ));
+        }
+        let found = match binding_for(bindings, labels, slot.image) {
+            Ok(found) => found,
+            Err(why) => return Verdict::deny(format!("ephemeral container {:?}: {why}", slot.name)),
+        };
+        let Some((binding, b)) = found else { continue };
+        if slot.privileged() {
+            warnings.push(privileged_warning(&slot));
+            continue;
+        }
+        let name = b.profile_ref.name.as_str();
+        if legacy {
+            return Verdict::deny(format!(
+                "ProfileBinding {binding} binds {} {name} to image {:?}, and this API server (before 1.22) \
+                 gives ephemeral containers no securityContext, so ephemeral container {:?} would run \
+                 without it: run that image in a new pod instead",
+                b.profile_ref.kind.as_str(),
+                slot.image,
+                slot.name
+            ));
+        }
+        if let Some(refusal) = require_installed(&state, binding, b, &slot) {
+            return refusal;
+        }
+        match b.profile_ref.kind {
+            ProfileKind::SeccompProfile => set_seccomp(&mut patch, &slot, &seccomp_localhost_profile(name)),
+            // AppArmor is bound by a pod annotation, which a running pod cannot gain.
+            ProfileKind::AppArmorProfile => {
+                return Verdict::deny(format!(
+                    "ProfileBinding {binding} binds AppArmorProfile {name} to image {:?}; AppArmor profiles \
+                     are set by pod annotations when a pod is created, so ephemeral container {:?} cannot \
+                     get it: run that image in a new pod instead",
+                    slot.image, slot.name
+                ));
+            }
+        }
+    }
+    if patch.is_empty() {
+        return Verdict::Allow { warnings };
+    }
+    finish(patch, warnings)
 }
 
 #[cfg(test)]
@@ -539,20 +733,154 @@ mod tests {
     }
 
     #[test]
-    fn privileged_pods_and_unmatched_pods_are_untouched() {
+    fn a_privileged_container_is_skipped_and_its_neighbours_are_bound() {
         let b = vec![(
+            "b".to_owned(),
+            binding("*", ProfileKind::SeccompProfile, "default", None),
+        )];
+        let p = pod(json!({"metadata": {"name": "p"}, "spec": {"containers": [
+            {"name": "a", "image": "x"}, {"name": "b", "image": "y", "securityContext": {"privileged": true}}]}}));
+        let verdict = decide(&p, &b, &[], installed);
+        let Verdict::Patch { warnings, .. } = &verdict else {
+            panic!("{verdict:?}")
+        };
+        assert!(warnings[0].contains("\"b\" is privileged"), "{warnings:?}");
+        let doc = apply(&p, &verdict);
+        assert_eq!(
+            doc["spec"]["containers"][0]["securityContext"]["seccompProfile"]["localhostProfile"],
+            seccomp_localhost_profile("default")
+        );
+        assert!(doc["spec"]["containers"][1]["securityContext"]["seccompProfile"].is_null());
+        assert_eq!(
+            doc["metadata"]["annotations"][BOUND_ANNOTATION],
+            "a=SeccompProfile/default"
+        );
+        // A profile that is not installed still refuses the pod, privileged neighbour or not.
+        let pending = vec![(
             "b".to_owned(),
             binding("*", ProfileKind::SeccompProfile, "pending", None),
         )];
-        let privileged = pod(json!({"metadata": {"name": "p"}, "spec": {"containers": [
-            {"name": "a", "image": "x"}, {"name": "b", "image": "y", "securityContext": {"privileged": true}}]}}));
-        match decide(&privileged, &b, &[], installed) {
-            Verdict::Allow { warnings } => assert!(warnings[0].contains("privileged")),
-            other => panic!("{other:?}"),
-        }
+        assert!(matches!(
+            decide(&p, &pending, &[], installed),
+            Verdict::Deny { .. }
+        ));
         let plain =
             pod(json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "x"}]}}));
         assert_eq!(decide(&plain, &[], &[], installed), Verdict::allow());
+    }
+
+    #[test]
+    fn another_spelling_of_the_image_gets_the_same_binding() {
+        let b = vec![(
+            "nginx".to_owned(),
+            binding("nginx:1.25", ProfileKind::SeccompProfile, "web", None),
+        )];
+        for image in [
+            "nginx:1.25",
+            "docker.io/library/nginx:1.25",
+            "index.docker.io/nginx:1.25",
+        ] {
+            let p = pod(
+                json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": image}]}}),
+            );
+            let doc = apply(&p, &decide(&p, &b, &[], installed));
+            assert_eq!(
+                doc["spec"]["containers"][0]["securityContext"]["seccompProfile"]["localhostProfile"],
+                seccomp_localhost_profile("web"),
+                "{image}"
+            );
+        }
+    }
+
+    #[test]
+    fn ephemeral_containers_are_bound_like_the_pods_containers() {
+        let b = vec![
+            (
+                "all".to_owned(),
+                binding("*", ProfileKind::SeccompProfile, "default", None),
+            ),
+            (
+                "web".to_owned(),
+                binding("web", ProfileKind::AppArmorProfile, "web", None),
+            ),
+        ];
+        let debug: EphemeralContainer =
+            serde_json::from_value(json!({"name": "debug", "image": "busybox"})).unwrap();
+        let verdict = decide_ephemeral(
+            &[(1, &debug)],
+            "/spec/ephemeralContainers",
+            None,
+            false,
+            &b,
+            installed,
+        );
+        let Verdict::Patch { patch, .. } = &verdict else {
+            panic!("{verdict:?}")
+        };
+        let ops = serde_json::to_value(patch).unwrap();
+        assert_eq!(ops[0]["path"], "/spec/ephemeralContainers/1/securityContext");
+        assert_eq!(
+            ops[0]["value"]["seccompProfile"]["localhostProfile"],
+            seccomp_localhost_profile("default")
+        );
+        // AppArmor needs a pod annotation a running pod cannot gain: refused, not skipped.
+        let web: EphemeralContainer = serde_json::from_value(json!({"name": "w", "image": "web"})).unwrap();
+        assert!(matches!(
+            decide_ephemeral(
+                &[(0, &web)],
+                "/spec/ephemeralContainers",
+                None,
+                false,
+                &b,
+                installed
+            ),
+            Verdict::Deny { .. }
+        ));
+        // A selector the object's labels cannot answer is not guessed.
+        let selective = vec![(
+            "sel".to_owned(),
+            binding(
+                "*",
+                ProfileKind::SeccompProfile,
+                "default",
+                Some(json!({"matchLabels": {"app": "x"}})),
+            ),
+        )];
+        assert!(matches!(
+            decide_ephemeral(
+                &[(0, &debug)],
+                "/spec/ephemeralContainers",
+                None,
+                false,
+                &selective,
+                installed
+            ),
+            Verdict::Deny { .. }
+        ));
+        // Before 1.22 an ephemeral container cannot carry a profile: a bound image is refused.
+        assert!(matches!(
+            decide_ephemeral(&[(0, &debug)], "/ephemeralContainers", None, true, &b, installed),
+            Verdict::Deny { .. }
+        ));
+        assert!(matches!(
+            decide_ephemeral(&[(0, &debug)], "/ephemeralContainers", None, true, &[], installed),
+            Verdict::Allow { .. }
+        ));
+        // Nor may one name the recording profile.
+        let claim: EphemeralContainer = serde_json::from_value(json!({"name": "r", "image": "busybox",
+            "securityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": RECORDING_PROFILE}}}))
+        .unwrap();
+        assert!(matches!(
+            decide_ephemeral(
+                &[(0, &claim)],
+                "/spec/ephemeralContainers",
+                None,
+                false,
+                &[],
+                installed
+            ),
+            Verdict::Deny { .. }
+        ));
     }
 
     #[test]
