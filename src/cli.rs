@@ -57,6 +57,9 @@ pub enum Command {
     Crd,
     /// Print everything `kubectl apply -f -` needs to install Phylax
     Manifests(ManifestArgs),
+    /// Verify destruction certificates (one, or a whole chain) offline against the published keys
+    #[cfg(feature = "certificates")]
+    VerifyCertificate(crate::ephemeral::verify_command::VerifyArgs),
 }
 
 /// What the command line asked for, or why it cannot be run.
@@ -120,7 +123,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Parsed {
                 Parsed::Usage(e.render().to_string())
             }
             clap::error::ErrorKind::InvalidSubcommand => Parsed::Error(one_line(format!(
-                "unknown command '{}'; roles in this build: {}; other commands: version, crd, manifests (see 'phylax --help')",
+                "unknown command '{}'; roles in this build: {}; other commands: version, crd, manifests, verify-certificate (see 'phylax --help')",
                 first_positional(&args).unwrap_or_default(),
                 Role::compiled_names().join(", ")
             ))),

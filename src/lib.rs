@@ -4,6 +4,8 @@
 pub mod api;
 pub mod cli;
 pub mod deploy;
+#[cfg(feature = "certificates")]
+pub mod ephemeral;
 #[cfg(feature = "keys")]
 pub mod keys;
 #[cfg(feature = "kms-plugin")]

@@ -27,6 +27,24 @@ fn main() -> ExitCode {
         Command::Version(args) => return print(&version::render(args.output)),
         Command::Crd => api::to_yaml_stream("Phylax CustomResourceDefinitions", &api::crds()),
         Command::Manifests(args) => deploy::render(&args),
+        #[cfg(feature = "certificates")]
+        Command::VerifyCertificate(args) => {
+            return match phylax::ephemeral::verify_command::run(&args) {
+                Ok(summary) => print(&summary),
+                // Every problem, one per line: the exit status says it failed.
+                Err(problems) => {
+                    eprint!(
+                        "{}",
+                        if problems.ends_with('\n') {
+                            problems
+                        } else {
+                            format!("error: {problems}\n")
+                        }
+                    );
+                    ExitCode::FAILURE
+                }
+            };
+        }
         role => run_role(role).map(|()| String::new()),
     };
     match result {
@@ -81,6 +99,8 @@ fn run_role(command: Command) -> anyhow::Result<()> {
             #[cfg(feature = "tokenizer")]
             Command::Tokenizer(args) => phylax::tokenizer::run(args).await,
             Command::Version(_) | Command::Crd | Command::Manifests(_) => Ok(()),
+            #[cfg(feature = "certificates")]
+            Command::VerifyCertificate(_) => Ok(()),
         }
     })
 }

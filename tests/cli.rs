@@ -294,3 +294,95 @@ async fn text_logs_for_people() {
     );
     assert!(p.json_logs().is_empty(), "{logs:?}");
 }
+
+/// `verify-certificate` exits 0 on an intact chain and 1 naming each problem otherwise, offline.
+#[test]
+fn verify_certificate_checks_a_chain_offline() {
+    use phylax::ephemeral::certificates::{
+        ChainHead, Facts, Method, PublicKeys, Resource, SigningKey, issue,
+    };
+    let key = SigningKey::generate().unwrap();
+    let mut head = ChainHead::genesis();
+    let certs: Vec<_> = (0..4)
+        .map(|i| {
+            let facts = Facts {
+                certificate_id: format!("dc-{i}"),
+                resource: Resource {
+                    type_: "kubernetes.secret".into(),
+                    id: format!("shop/s{i}"),
+                    classification: "TRANSIENT".into(),
+                    metadata: Default::default(),
+                },
+                method: Method::Delete,
+                destroyed_at: "2026-11-29T10:00:00Z".into(),
+                verified_by: "test".into(),
+                created_at: "2026-11-29T09:00:00Z".into(),
+                created_by: "test".into(),
+                access_count: None,
+            };
+            issue(facts, &mut head, &key).unwrap()
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.json");
+    let config_map = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "data": PublicKeys::from_signing(&[&key]).to_map()});
+    std::fs::write(&keys, config_map.to_string()).unwrap();
+    let write = |name: &str, certs: &[phylax::ephemeral::certificates::Certificate]| {
+        let path = dir.path().join(name);
+        let items: Vec<_> = certs
+            .iter()
+            .map(|c| serde_json::json!({"kind": "DestructionCertificate", "certificate": c}))
+            .collect();
+        std::fs::write(
+            &path,
+            serde_json::json!({"kind": "List", "items": items}).to_string(),
+        )
+        .unwrap();
+        path
+    };
+    let verify = |path: &Path| {
+        run(
+            &binary(),
+            &[
+                "verify-certificate",
+                "--chain",
+                "--keys",
+                keys.to_str().unwrap(),
+                path.to_str().unwrap(),
+            ],
+        )
+    };
+
+    let (code, out, err) = verify(&write("good.json", &certs));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("4 certificate(s) verified") && out.contains("0 to 3"),
+        "{out}"
+    );
+
+    let mut gap = certs.clone();
+    gap.remove(1);
+    let (code, _, err) = verify(&write("gap.json", &gap));
+    assert_eq!(code, 1);
+    assert!(err.contains("certificates 1..1 are missing"), "{err}");
+
+    let mut altered = certs.clone();
+    altered[3].destruction.timestamp = "2027-01-01T00:00:00Z".into();
+    let (code, _, err) = verify(&write("altered.json", &altered));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("dc-3") && err.contains("altered after signing"),
+        "{err}"
+    );
+
+    let other = SigningKey::generate().unwrap();
+    std::fs::write(
+        &keys,
+        serde_json::json!({"data": PublicKeys::from_signing(&[&other]).to_map()}).to_string(),
+    )
+    .unwrap();
+    let (code, _, err) = verify(&write("good2.json", &certs));
+    assert_eq!(code, 1);
+    assert!(err.contains("not among the public keys"), "{err}");
+}
