@@ -15,7 +15,7 @@ use crate::role::Role;
 #[command(
     name = "phylax",
     version = crate::version::VERSION,
-    about = "Kubernetes data protection: KMS plugin, secret sync, security profiles, ephemeral data, tokenization",
+    about = "Kubernetes data protection: KMS plugin, secret sync, security profiles",
     after_help = roles_help(),
     subcommand_required = true,
     arg_required_else_help = true
