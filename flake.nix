@@ -1,5 +1,5 @@
 {
-  description = "Phylax: Kubernetes data protection (KMS plugin, secret sync, security profiles, ephemeral data, tokenization) in one static Rust binary";
+  description = "Phylax: Kubernetes data protection (KMS plugin, secret sync, security profiles) in one static Rust binary";
 
   inputs = {
     # nixos-unstable as of 2026-07-23, pinned by revision (flake.lock holds its narHash).
@@ -19,7 +19,13 @@
         inherit system;
         overlays = [ rust-overlay.overlays.default ];
       }));
-      build = pkgs: import ./modules/packages.nix { inherit pkgs crane; src = self; };
+      # `src` must be a path: crane's lib.fileset functions refuse the string-like `self`. The
+      # commit travels separately (only the final binaries see it, not the dependency builds).
+      build = pkgs: import ./modules/packages.nix {
+        inherit pkgs crane;
+        src = ./.;
+        commit = self.shortRev or self.dirtyShortRev or "unknown";
+      };
     in
     {
       packages = forAllSystems (pkgs: (build pkgs).packages);

@@ -1,12 +1,16 @@
 #!/bin/bash
 # Phylax on a kind cluster, for machines with Docker:
 #   1. builds the image (the flake's with Nix, else the static binary + kind/Dockerfile);
-#   2. starts swtpm on the host (TCP) for the KMS plugin's TPM provider;
-#   3. creates the kind cluster, loads the image, starts the KMS plugin as a static pod on the
-#      control-plane node, then re-renders the API server with the versioned kubeadm patch in
-#      kind/patches (EncryptionConfiguration → the plugin's socket) and rewrites existing Secrets;
-#   4. deploys every role from `phylax manifests`;
-#   5. smoke test: a Secret stored in etcd with the k8s:enc:kms:v2:phylax prefix, and a secret
+#   2. creates the kind cluster and loads the image; every kubectl call below uses the cluster's
+#      own kubeconfig (kind/.state/kubeconfig), never whatever context is current;
+#   3. starts swtpm on the host for the KMS plugin's TPM provider, listening only on the kind
+#      network's gateway (Docker Desktop: on loopback, reached as host.docker.internal);
+#   4. starts the KMS plugin as a static pod on the control-plane node, then re-renders the API
+#      server with the versioned kubeadm patch in kind/patches (EncryptionConfiguration → the
+#      plugin's socket; the patch directory named in a copy of kind's kubeadm configuration) and
+#      rewrites existing Secrets;
+#   5. deploys every role from `phylax manifests`;
+#   6. smoke test: a Secret stored in etcd with the k8s:enc:kms:v2:phylax prefix, and a secret
 #      synced from a SecretProvider into the pod that asked for it.
 # Re-runnable; kind/down.sh removes the cluster and swtpm. Needs: docker, kind, kubectl, swtpm.
 set -euo pipefail
@@ -24,24 +28,17 @@ for tool in docker kind kubectl swtpm; do
 done
 mkdir -p "$STATE/node" "$STATE/swtpm"
 
-step "image $IMAGE"
+step "image $IMAGE (every role: the static binary in kind/Dockerfile)"
 if command -v nix >/dev/null; then
-  # The flake's distroless image with every role (entrypoint phylax, role as first argument).
   nix build .#phylax-static -o "$STATE/phylax-static"
   BIN=$STATE/phylax-static/bin/phylax
 else
   scripts/build-static.sh
   BIN=${CARGO_TARGET_DIR:-/var/tmp/phylax/target}/x86_64-unknown-linux-musl/release/phylax
 fi
-cp "$BIN" "$STATE/phylax"
+# install, not cp: the Nix store's copy is read-only, and a re-run replaces the previous one.
+install -m 0755 "$BIN" "$STATE/phylax"
 docker build -q -t "$IMAGE" -f kind/Dockerfile "$STATE" >/dev/null
-
-step "swtpm on the host (TCP 2321/2322), state in $STATE/swtpm"
-if ! pgrep -f "swtpm socket.*$STATE/swtpm" >/dev/null; then
-  swtpm socket --tpm2 --tpmstate "dir=$STATE/swtpm" --server type=tcp,port=2321,bindaddr=0.0.0.0 \
-    --ctrl type=tcp,port=2322,bindaddr=0.0.0.0 --flags not-need-init,startup-clear --daemon \
-    --pid "file=$STATE/swtpm.pid"
-fi
 
 step "kind cluster $CLUSTER"
 if ! kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
@@ -49,9 +46,38 @@ if ! kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
   sed "s|hostPath: kind/.state/node|hostPath: $STATE/node|" kind/cluster.yaml > "$STATE/cluster.yaml"
   kind create cluster --config "$STATE/cluster.yaml" --wait 120s
 fi
+# This cluster's own kubeconfig: a re-run never writes into another cluster that happens to be
+# the current context.
+(umask 077 && kind get kubeconfig --name "$CLUSTER" > "$STATE/kubeconfig")
+export KUBECONFIG=$STATE/kubeconfig
+kubectl config current-context | grep -qx "kind-$CLUSTER" \
+  || { echo "kind/up.sh: $KUBECONFIG does not select kind-$CLUSTER" >&2; exit 1; }
 kind load docker-image "$IMAGE" --name "$CLUSTER"
-# The node reaches the host's swtpm through the kind network's gateway.
-SWTPM_HOST=$(docker network inspect kind -f '{{range .IPAM.Config}}{{.Gateway}} {{end}}' | tr ' ' '\n' | grep -m1 '\.')
+
+# swtpm's TPM and control ports have no authentication: listen only where the node connects from.
+# Linux: the kind network's gateway (the host's address on that bridge). Docker Desktop runs the
+# containers in a VM and forwards host.docker.internal to the host's loopback.
+if docker info -f '{{.OperatingSystem}}' 2>/dev/null | grep -qi 'docker desktop'; then
+  SWTPM_BIND=${PHYLAX_SWTPM_BIND:-127.0.0.1}
+  SWTPM_HOST=${PHYLAX_SWTPM_HOST:-host.docker.internal}
+else
+  SWTPM_BIND=${PHYLAX_SWTPM_BIND:-$(docker network inspect kind -f '{{range .IPAM.Config}}{{.Gateway}} {{end}}' | tr ' ' '\n' | grep -m1 '\.')}
+  SWTPM_HOST=${PHYLAX_SWTPM_HOST:-$SWTPM_BIND}
+fi
+[ -n "$SWTPM_BIND" ] || { echo "kind/up.sh: no IPv4 gateway on the docker network 'kind'; set PHYLAX_SWTPM_BIND" >&2; exit 1; }
+
+step "swtpm on the host ($SWTPM_BIND, TCP 2321/2322), state in $STATE/swtpm"
+if pgrep -f "swtpm socket.*$STATE/swtpm" >/dev/null \
+  && ! pgrep -f "swtpm socket.*$STATE/swtpm.*bindaddr=$SWTPM_BIND," >/dev/null && [ -f "$STATE/swtpm.pid" ]; then
+  echo "   the swtpm of an earlier run listens elsewhere; restarting it on $SWTPM_BIND"
+  kill "$(cat "$STATE/swtpm.pid")"
+  for _ in $(seq 1 50); do pgrep -f "swtpm socket.*$STATE/swtpm" >/dev/null || break; sleep 0.1; done
+fi
+if ! pgrep -f "swtpm socket.*$STATE/swtpm" >/dev/null; then
+  swtpm socket --tpm2 --tpmstate "dir=$STATE/swtpm" --server "type=tcp,port=2321,bindaddr=$SWTPM_BIND" \
+    --ctrl "type=tcp,port=2322,bindaddr=$SWTPM_BIND" --flags not-need-init,startup-clear --daemon \
+    --pid "file=$STATE/swtpm.pid"
+fi
 
 step "KMS plugin: static pod on $NODE, then the API server wired to it (kubeadm patch)"
 cp kind/encryption.yaml "$STATE/node/encryption.yaml"
@@ -69,8 +95,10 @@ done
 docker exec "$NODE" test -S /var/run/phylax-kms/kms.sock \
   || { echo "the KMS plugin did not start; kubectl -n kube-system logs phylax-kms-plugin-$NODE" >&2; exit 1; }
 if ! docker exec "$NODE" grep -q encryption-provider-config /etc/kubernetes/manifests/kube-apiserver.yaml; then
-  docker exec "$NODE" kubeadm init phase control-plane apiserver --config /kind/kubeadm.conf \
-    --patches /etc/phylax/patches >/dev/null
+  # kubeadm refuses --patches beside --config: the patch directory goes into a copy of kind's
+  # configuration (mounted on the node at /etc/phylax).
+  docker exec "$NODE" cat /kind/kubeadm.conf | kind/kubeadm-patches.sh /etc/phylax/patches > "$STATE/node/kubeadm.conf"
+  docker exec "$NODE" kubeadm init phase control-plane apiserver --config /etc/phylax/kubeadm.conf >/dev/null
 fi
 for _ in $(seq 1 120); do
   kubectl get --raw '/readyz?verbose' 2>/dev/null | grep -q 'kms-providers ok' && break
@@ -163,4 +191,4 @@ bound=$(kubectl -n phylax-demo get pod bound -o 'jsonpath={.spec.containers[0].s
 [ "$bound" = phylax/demo-deny-mkdir.json ] || { echo "the pod runs with seccomp profile '$bound'" >&2; exit 1; }
 echo "   SeccompProfile demo-deny-mkdir installed on every node and bound to pod phylax-demo/bound"
 
-step "done: kubectl config use-context kind-$CLUSTER; kind/down.sh removes it all"
+step "done: export KUBECONFIG=$STATE/kubeconfig (or kubectl config use-context kind-$CLUSTER); kind/down.sh removes it all"

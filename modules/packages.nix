@@ -1,19 +1,25 @@
 # Phylax's packages, images and checks, built with crane.
 #
 # - phylax-static: every role, a static musl binary (the C libraries from nixpkgs' static set);
-# - phylax-<role>: one role each (`--no-default-features --features <role>`);
-# - image-<role>: a distroless OCI image per role (streamed: `nix build .#image-operator && ./result | docker load`);
+# - phylax-<role>: one role each (`--no-default-features --features <role>`; the kms-plugin with
+#   its tpm, vault and aws providers);
+# - image: a distroless OCI image `phylax:<version>` with every role, the image `phylax manifests`
+#   names by default (streamed: `nix build .#image && ./result | docker load`);
+# - image-<role>: a distroless image `phylax-<role>:<version>` holding one role, for
+#   `phylax manifests --<role>-image`;
 # - manifests: `phylax manifests` and `phylax crd`, rendered by running the built binary.
 # Each binary has its own dependency-only derivation (crane's buildDepsOnly), so a change to
-# Phylax's code does not rebuild its dependencies.
-{ pkgs, crane, src }:
+# Phylax's code does not rebuild its dependencies; the git commit reaches only the final builds,
+# so a new commit does not rebuild them either.
+#
+# `src` must be a path (crane's fileset functions refuse strings); `commit` is the flake's revision.
+{ pkgs, crane, src, commit ? "unknown" }:
 let
   lib = pkgs.lib;
   toolchain = import ./toolchain.nix { inherit pkgs; };
   craneLib = (crane.mkLib pkgs).overrideToolchain (_: toolchain);
   static = pkgs.pkgsStatic;
   version = (craneLib.crateNameFromCargoToml { cargoToml = src + "/Cargo.toml"; }).version;
-  commit = src.shortRev or src.dirtyShortRev or "unknown";
 
   # tpm2-tss normally dlopen()s its TCTI modules; a static binary cannot, so they are linked in.
   # Only the device and swtpm TCTIs: every TCTI library defines the same Tss2_Tcti_Info symbol.
@@ -70,7 +76,6 @@ let
     HOST_CC = "${pkgs.stdenv.cc}/bin/cc";
     PKG_CONFIG_ALL_STATIC = "1";
     PKG_CONFIG_ALLOW_CROSS = "1";
-    PHYLAX_GIT_COMMIT = commit;
     nativeBuildInputs = [ pkgs.pkg-config ];
     # libseccomp is for the node agent's profile compiler; libseccomp-sys links it statically
     # from here rather than through pkg-config.
@@ -79,7 +84,13 @@ let
     LIBSECCOMP_LIB_PATH = "${lib.getLib static.libseccomp}/lib";
   };
 
+  # build.rs embeds the commit; only builds of Phylax's own code get it (see the header).
+  withCommit = args: args // { PHYLAX_GIT_COMMIT = commit; };
+
   roles = [ "operator" "webhook" "kms-plugin" "node-agent" "tokenizer" ];
+  # A role's cargo features: the KMS plugin's providers are features of their own, and its image is
+  # the one meant for TPMs, Vault and AWS KMS.
+  roleFeatures = role: if role == "kms-plugin" then "kms-plugin,tpm,vault,aws" else role;
 
   binary = name: features:
     let
@@ -88,17 +99,19 @@ let
         cargoExtraArgs = "--locked --bin phylax ${features}";
       };
     in
-    craneLib.buildPackage (args // {
+    craneLib.buildPackage (withCommit args // {
       cargoArtifacts = craneLib.buildDepsOnly args;
       meta.mainProgram = "phylax";
     });
 
   phylax-static = binary "phylax" "";
-  perRole = lib.genAttrs roles (role: binary "phylax-${role}" "--no-default-features --features ${role}");
+  perRole = lib.genAttrs roles (role: binary "phylax-${role}" "--no-default-features --features ${roleFeatures role}");
 
   # Distroless: the binary, CA certificates, a passwd/group naming the non-root user, nothing else.
-  image = role: bin: pkgs.dockerTools.streamLayeredImage {
-    name = "phylax-${role}";
+  # `role` null: the all-roles image `phylax`, whose containers name the role as first argument.
+  image = role: bin: let name = if role == null then "phylax" else "phylax-${role}"; in
+  pkgs.dockerTools.streamLayeredImage {
+    inherit name;
     tag = version;
     contents = [ pkgs.cacert ];
     extraCommands = ''
@@ -111,11 +124,11 @@ let
       # `phylax <role>` by default; the manifests' containers pass the role as their first
       # argument, which replaces Cmd.
       Entrypoint = [ "${bin}/bin/phylax" ];
-      Cmd = [ role ];
+      Cmd = if role == null then [ "--help" ] else [ role ];
       User = "65532:65532";
       Env = [ "SSL_CERT_FILE=${pkgs.cacert}/etc/ssl/certs/ca-bundle.crt" ];
       Labels = {
-        "org.opencontainers.image.title" = "phylax-${role}";
+        "org.opencontainers.image.title" = name;
         "org.opencontainers.image.version" = version;
         "org.opencontainers.image.revision" = commit;
       };
@@ -134,7 +147,6 @@ let
     inherit version;
     src = source;
     strictDeps = true;
-    PHYLAX_GIT_COMMIT = commit;
     nativeBuildInputs = [ pkgs.pkg-config ];
     buildInputs = [ pkgs.tpm2-tss pkgs.libseccomp pkgs.openssl ];
   };
@@ -144,6 +156,7 @@ in
   packages = {
     default = phylax-static;
     inherit phylax-static manifests;
+    image = image null phylax-static;
   }
   // lib.mapAttrs' (role: bin: lib.nameValuePair "phylax-${role}" bin) perRole
   // lib.mapAttrs' (role: bin: lib.nameValuePair "image-${role}" (image role bin)) perRole;
@@ -151,12 +164,12 @@ in
   checks = {
     inherit phylax-static;
     fmt = craneLib.cargoFmt { inherit (hostArgs) pname version src; };
-    clippy = craneLib.cargoClippy (hostArgs // {
+    clippy = craneLib.cargoClippy (withCommit hostArgs // {
       cargoArtifacts = hostArtifacts;
       cargoClippyExtraArgs = "--all-targets --all-features -- -D warnings";
     });
     # Unit tests; the integration tests need a control plane and run in scripts/test.sh.
-    unit-tests = craneLib.cargoTest (hostArgs // {
+    unit-tests = craneLib.cargoTest (withCommit hostArgs // {
       cargoArtifacts = hostArtifacts;
       cargoTestExtraArgs = "--lib --bins";
     });

@@ -4,6 +4,8 @@
 #   services.phylax.kmsPlugin.tpm.authFile = "/run/secrets/phylax-kms-tpm-auth";   # and/or tpm.pcrs
 #   services.phylax.kmsPlugin.wireApiserver = true;     # EncryptionConfiguration for services.kubernetes.apiserver
 #   services.phylax.nodeAgent = { enable = true; kubeconfig = "/etc/phylax/node-agent.kubeconfig"; };
+#
+# tests/nix/eval.nix evaluates this module with stub inputs (CI has no nixpkgs); nixos/test.nix runs it.
 { self }:
 { config, lib, pkgs, ... }:
 let
@@ -13,17 +15,41 @@ let
   socket = "${kms.socketDirectory}/kms.sock";
   needsNetwork = builtins.elem kms.provider [ "vault" "aws" ];
 
+  # ExecStart words: systemd expands `%` specifiers and `$` variables even inside quotes, so values
+  # from options are escaped for both and double-quoted (systemd reads C-style escapes there).
+  # Words that use a specifier on purpose (%d, the credentials directory) go in unescaped.
+  execWord = s: builtins.replaceStrings [ "%" "$" ] [ "%%" "$$" ] (builtins.toJSON s);
+  execLine = words: specifierWords: lib.concatStringsSep " " (map execWord words ++ specifierWords);
+
+  # systemd reads an empty list as "no setting" (every capability kept); "" is the empty set.
+  capabilities = caps: if caps == [ ] then "" else caps;
+  runtimeDirectory = lib.removePrefix "/run/" kms.socketDirectory;
+
+  # Type=simple is started at exec: this holds the unit in "activating" until the plugin's
+  # /readyz answers (socket up, one provider round trip), so `before = kube-apiserver` means ready.
+  # Then the socket's directory is given to the API server's group.
+  kmsReady = pkgs.writeShellScript "phylax-kms-ready" ''
+    for _ in $(${pkgs.coreutils}/bin/seq 1 600); do
+      if ${pkgs.curl}/bin/curl -fsS -o /dev/null http://127.0.0.1:9092/readyz; then
+        exec ${pkgs.coreutils}/bin/chgrp ${lib.escapeShellArg kms.apiserverGroup} ${lib.escapeShellArg kms.socketDirectory}
+      fi
+      ${pkgs.coreutils}/bin/sleep 0.1
+    done
+    echo "phylax-kms-plugin: /readyz did not answer within 60 s" >&2
+    exit 1
+  '';
+
   providerArgs = {
     software = map (k: "--key-file=${k}") kms.keyFiles ++ lib.optional kms.createKey "--create-key-file";
     tpm = [ "--tpm-tcti=${kms.tpm.tcti}" ]
       ++ map (k: "--tpm-sealed-key=${k}") kms.keyFiles
       ++ lib.optional kms.createKey "--tpm-create-sealed-key"
-      ++ lib.optional (kms.tpm.pcrs != [ ]) "--tpm-pcrs=${lib.concatMapStringsSep "," toString kms.tpm.pcrs}"
-      # %d: the unit's credentials directory (LoadCredential below).
-      ++ lib.optional (kms.tpm.authFile != null) "--tpm-auth-file=%d/tpm-auth";
+      ++ lib.optional (kms.tpm.pcrs != [ ]) "--tpm-pcrs=${lib.concatMapStringsSep "," toString kms.tpm.pcrs}";
     vault = [ ];
     aws = [ ];
   }.${kms.provider};
+  # %d: the unit's credentials directory (LoadCredential below).
+  kmsSpecifierArgs = lib.optional (kms.provider == "tpm" && kms.tpm.authFile != null) "--tpm-auth-file=%d/tpm-auth";
 
   # JSON is YAML: the API server reads either.
   encryptionConfig = pkgs.writeText "phylax-encryption-config.yaml" (builtins.toJSON {
@@ -37,6 +63,9 @@ let
       ];
     }];
   });
+
+  agentCapabilities = lib.optional (agent.auditSource == "/dev/kmsg") "CAP_SYSLOG"
+    ++ lib.optional agent.apparmor "CAP_MAC_ADMIN";
 
   hardening = {
     NoNewPrivileges = true;
@@ -114,7 +143,7 @@ in
       socketDirectory = lib.mkOption {
         type = lib.types.str;
         default = "/run/phylax-kms";
-        description = "Directory of the plugin's unix socket.";
+        description = "Directory of the plugin's unix socket, under /run (systemd creates it as the unit's RuntimeDirectory).";
       };
       apiserverGroup = lib.mkOption {
         type = lib.types.str;
@@ -147,8 +176,10 @@ in
         description = "This node's name as the cluster knows it (its Node object).";
       };
       kubeconfig = lib.mkOption {
-        type = lib.types.path;
-        description = "Kubeconfig of the agent's identity (RBAC: the ClusterRole phylax-node-agent from `phylax manifests`).";
+        # A string, not a path: a path would copy the credential into the world-readable store.
+        type = lib.types.str;
+        example = "/etc/phylax/node-agent.kubeconfig";
+        description = "Absolute path (read at start, never copied to the Nix store; passed to the unit as a systemd credential) of the kubeconfig of the agent's identity (RBAC: the ClusterRole phylax-node-agent from `phylax manifests`).";
       };
       auditSource = lib.mkOption {
         type = lib.types.str;
@@ -172,10 +203,20 @@ in
   config = lib.mkMerge [
     (lib.mkIf kms.enable {
       # The plugin refuses this at runtime too; failing here says so before the first boot.
-      assertions = [{
-        assertion = kms.provider != "tpm" || !kms.createKey || kms.tpm.pcrs != [ ] || kms.tpm.authFile != null;
-        message = "services.phylax.kmsPlugin: a key sealed to the TPM without PCRs or an auth value unseals for anyone who can read it and use the TPM; set tpm.authFile (a secret file), tpm.pcrs (e.g. [ 7 ]), or both (or createKey = false).";
-      }];
+      assertions = [
+        {
+          assertion = kms.provider != "tpm" || !kms.createKey || kms.tpm.pcrs != [ ] || kms.tpm.authFile != null;
+          message = "services.phylax.kmsPlugin: a key sealed to the TPM without PCRs or an auth value unseals for anyone who can read it and use the TPM; set tpm.authFile (a secret file), tpm.pcrs (e.g. [ 7 ]), or both (or createKey = false).";
+        }
+        {
+          assertion = lib.hasPrefix "/run/" kms.socketDirectory && runtimeDirectory != "";
+          message = "services.phylax.kmsPlugin.socketDirectory must be a directory under /run (it is the unit's RuntimeDirectory); got ${kms.socketDirectory}.";
+        }
+        {
+          assertion = !kms.wireApiserver || config.services.kubernetes.apiserver.enable;
+          message = "services.phylax.kmsPlugin.wireApiserver needs services.kubernetes.apiserver.enable (or a role \"master\"): there is no API server to wire.";
+        }
+      ];
 
       users.users.phylax-kms = {
         isSystemUser = true;
@@ -194,23 +235,27 @@ in
         after = [ "network-online.target" ] ++ lib.optional (kms.provider == "tpm") "tpm2.target";
         wants = lib.optional needsNetwork "network-online.target";
         serviceConfig = hardening // {
-          ExecStart = lib.escapeShellArgs ([
+          ExecStart = execLine ([
             "${cfg.package}/bin/phylax" "kms-plugin"
             "--listen=unix://${socket}"
             "--socket-mode=0660"
             "--socket-group=${kms.apiserverGroup}"
             "--provider=${kms.provider}"
             "--admin-addr=127.0.0.1:9092"
-          ] ++ providerArgs ++ kms.extraArgs);
+          ] ++ providerArgs ++ kms.extraArgs) kmsSpecifierArgs;
+          # --socket-group and the chgrp below call fchown/chown (@chown, part of @privileged):
+          # allowed again after the removal, which systemd applies in order.
+          SystemCallFilter = [ "@system-service" "~@privileged" "~@resources" "@chown" ];
           User = "phylax-kms";
           Group = "phylax-kms";
           # The socket's group is the API server's; the directory lets that group in.
           SupplementaryGroups = [ kms.apiserverGroup ] ++ lib.optional (kms.provider == "tpm") "tss";
-          RuntimeDirectory = baseNameOf kms.socketDirectory;
+          # Relative to /run (checked above), so /run/a/b is created as a/b, not as /run/b.
+          RuntimeDirectory = runtimeDirectory;
           RuntimeDirectoryMode = "0750";
           StateDirectory = "phylax-kms";
           StateDirectoryMode = "0700";
-          ExecStartPost = "${pkgs.coreutils}/bin/chgrp ${kms.apiserverGroup} ${kms.socketDirectory}";
+          ExecStartPost = "${kmsReady}";
           DevicePolicy = "closed";
           DeviceAllow = lib.optional (kms.provider == "tpm") "/dev/tpmrm0 rw";
           LoadCredential = lib.mkIf (kms.provider == "tpm" && kms.tpm.authFile != null) "tpm-auth:${kms.tpm.authFile}";
@@ -228,7 +273,8 @@ in
         applyUdevRules = true;
       };
 
-      systemd.services.kube-apiserver = lib.mkIf kms.wireApiserver {
+      # Only when the API server runs here: otherwise this would define an empty kube-apiserver unit.
+      systemd.services.kube-apiserver = lib.mkIf (kms.wireApiserver && config.services.kubernetes.apiserver.enable) {
         after = [ "phylax-kms-plugin.service" ];
         wants = [ "phylax-kms-plugin.service" ];
       };
@@ -237,22 +283,26 @@ in
     })
 
     (lib.mkIf agent.enable {
+      assertions = [{
+        assertion = lib.hasPrefix "/" agent.kubeconfig;
+        message = "services.phylax.nodeAgent.kubeconfig must be an absolute path (a string, so the credential stays out of the Nix store); got ${agent.kubeconfig}.";
+      }];
       systemd.services.phylax-node-agent = {
         description = "Phylax node agent (seccomp/AppArmor profiles)";
         wantedBy = [ "multi-user.target" ];
         after = [ "network-online.target" "kubelet.service" ];
         wants = [ "network-online.target" ];
         serviceConfig = hardening // {
-          ExecStart = lib.escapeShellArgs ([
+          ExecStart = execLine ([
             "${cfg.package}/bin/phylax" "node-agent"
             "--admin-addr=127.0.0.1:9093"
-            "--kubeconfig=${agent.kubeconfig}"
             "--node-name=${agent.nodeName}"
             "--kubelet-root=${agent.kubeletRoot}"
             "--audit-source=${agent.auditSource}"
             "--apparmor-parser=${pkgs.apparmor-parser}/bin/apparmor_parser"
             "--apparmor-dir=/var/lib/phylax-apparmor"
-          ] ++ agent.extraArgs);
+          ] ++ agent.extraArgs) [ "--kubeconfig=%d/kubeconfig" ];
+          LoadCredential = "kubeconfig:${agent.kubeconfig}";
           # Root only to write into the kubelet's directory, and only there (plus the AppArmor
           # policies it loads).
           ReadWritePaths = [ "${agent.kubeletRoot}/seccomp" ];
@@ -261,10 +311,11 @@ in
           ProtectKernelLogs = agent.auditSource != "/dev/kmsg";
           ProtectProc = "default";
           ProcSubset = "all";
-          CapabilityBoundingSet = lib.optional (agent.auditSource == "/dev/kmsg") "CAP_SYSLOG"
-            ++ lib.optional agent.apparmor "CAP_MAC_ADMIN";
-          AmbientCapabilities = lib.optional (agent.auditSource == "/dev/kmsg") "CAP_SYSLOG"
-            ++ lib.optional agent.apparmor "CAP_MAC_ADMIN";
+          # apparmor_parser loads policies through /sys/kernel/security/apparmor, which
+          # ProtectKernelTunables makes read-only with the rest of /sys.
+          ProtectKernelTunables = !agent.apparmor;
+          CapabilityBoundingSet = capabilities agentCapabilities;
+          AmbientCapabilities = capabilities agentCapabilities;
           SystemCallFilter = [ "@system-service" ] ++ lib.optional (!agent.apparmor) "~@privileged";
           ExecStartPre = "+${pkgs.coreutils}/bin/mkdir -p ${agent.kubeletRoot}/seccomp/phylax";
           RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" "AF_NETLINK" ];

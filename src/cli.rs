@@ -15,7 +15,7 @@ use crate::role::Role;
 #[command(
     name = "phylax",
     version = crate::version::VERSION,
-    about = "Kubernetes data protection: KMS plugin, secret sync, security profiles, ephemeral data, tokenization",
+    about = "Kubernetes data protection: KMS plugin, secret sync, security profiles",
     after_help = roles_help(),
     subcommand_required = true,
     arg_required_else_help = true
@@ -57,7 +57,7 @@ pub enum Command {
     Crd,
     /// Print everything `kubectl apply -f -` needs to install Phylax
     Manifests(ManifestArgs),
-    /// Verify destruction certificates (one, or a whole chain) offline against the published keys
+    /// Verify destruction certificates offline against the published keys
     #[cfg(feature = "certificates")]
     VerifyCertificate(crate::ephemeral::verify_command::VerifyArgs),
 }

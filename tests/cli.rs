@@ -156,6 +156,29 @@ fn manifests_take_namespace_and_image() {
         .collect();
     assert_eq!(images, ["registry.local/phylax:dev"; 3]);
 
+    // A one-role image for one role; the others keep --image.
+    let (code, out, err) = run(
+        &binary(),
+        &[
+            "manifests",
+            "--image",
+            "reg/phylax:1",
+            "--webhook-image",
+            "reg/phylax-webhook:1",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let webhook = out
+        .split("\n---\n")
+        .map(|d| serde_yaml::from_str::<serde_json::Value>(d).unwrap_or_default())
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "phylax-webhook")
+        .expect("the webhook Deployment");
+    assert_eq!(
+        webhook["spec"]["template"]["spec"]["containers"][0]["image"],
+        "reg/phylax-webhook:1"
+    );
+    assert_eq!(out.matches("image: reg/phylax:1").count(), 2, "{out}");
+
     let (code, _, err) = run(&binary(), &["manifests", "--namespace", "Not_Valid"]);
     assert_eq!(code, 2);
     assert!(
@@ -385,4 +408,132 @@ fn verify_certificate_checks_a_chain_offline() {
     let (code, _, err) = verify(&write("good2.json", &certs));
     assert_eq!(code, 1);
     assert!(err.contains("not among the public keys"), "{err}");
+}
+
+/// The flags `--help` lists on its option lines (`  -n, --namespace <NS>`), long and short.
+fn help_flags(help: &str) -> Vec<String> {
+    let mut flags = Vec::new();
+    for line in help.lines() {
+        let line = line.trim_start();
+        if !line.starts_with('-') {
+            continue;
+        }
+        for word in line
+            .split([' ', ',', '=', '[', '<'])
+            .take_while(|w| w.is_empty() || w.starts_with('-'))
+        {
+            if word.starts_with('-')
+                && word != "-h"
+                && word != "--help"
+                && word != "-V"
+                && word != "--version"
+            {
+                flags.push(word.to_owned());
+            }
+        }
+    }
+    flags
+}
+
+/// Whether `text` names `flag` as a whole word: `--webhook-cert` is not named by
+/// `--webhook-cert-validity`.
+fn names_flag(text: &str, flag: &str) -> bool {
+    text.match_indices(flag).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + flag.len()..].chars().next();
+        !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    })
+}
+
+/// Every flag a command prints in its `--help` is documented in the README: a flag added without
+/// a word for users fails here.
+#[test]
+fn the_readme_documents_every_flag_of_every_command() {
+    let readme = repo_file("README.md");
+    let (code, out, _) = run(&binary(), &["--help"]);
+    assert_eq!(code, 0);
+    let commands: Vec<String> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        // A wrapped description continues on a line indented further.
+        .filter(|l| !l.starts_with("   "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_owned)
+        .collect();
+    for expected in [
+        "operator",
+        "webhook",
+        "kms-plugin",
+        "node-agent",
+        "tokenizer",
+        "manifests",
+        "crd",
+    ] {
+        assert!(
+            commands.iter().any(|c| c == expected),
+            "{expected} not in {commands:?}"
+        );
+    }
+    let mut missing = Vec::new();
+    let mut checked = 0;
+    for command in &commands {
+        let (code, help, err) = run(&binary(), &[command, "--help"]);
+        assert_eq!(code, 0, "{command} --help: {err}");
+        for flag in help_flags(&help) {
+            checked += 1;
+            if !names_flag(&readme, &flag) {
+                missing.push(format!("phylax {command} {flag}"));
+            }
+        }
+    }
+    assert!(
+        checked > 60,
+        "only {checked} flags found: is the help format parsed?"
+    );
+    assert!(missing.is_empty(), "README.md does not mention: {missing:#?}");
+}
+
+#[test]
+fn help_flags_are_read_from_option_lines_only() {
+    let help = "Options:\n  -n, --namespace <NS>\n          Namespace (see --image)\n      --image <REF>\n  -h, --help\n";
+    assert_eq!(help_flags(help), ["-n", "--namespace", "--image"]);
+    assert!(names_flag(
+        "use `--webhook-cert-validity`",
+        "--webhook-cert-validity"
+    ));
+    assert!(!names_flag("use `--webhook-cert-validity`", "--webhook-cert"));
+    assert!(names_flag("phylax manifests [-n NS]", "-n"));
+    assert!(!names_flag("--namespace", "-n"));
+}
+
+/// The repository stands alone: its documents link only to files inside it.
+#[test]
+fn the_documents_link_only_to_files_in_the_repository() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for doc in ["README.md", "SECURITY.md", "docs/architecture.md"] {
+        let text = repo_file(doc);
+        assert!(!text.contains("../shared"), "{doc} points outside the repository");
+        let dir = root.join(doc).parent().unwrap().to_owned();
+        for (at, _) in text.match_indices("](") {
+            let target = text[at + 2..].split(')').next().unwrap_or_default();
+            let target = target.split('#').next().unwrap_or_default();
+            if target.is_empty() || target.contains("://") {
+                continue;
+            }
+            let path = dir.join(target);
+            assert!(
+                path.exists(),
+                "{doc} links to {target}, which is not in the repository"
+            );
+            let inside = path
+                .canonicalize()
+                .unwrap()
+                .starts_with(root.canonicalize().unwrap());
+            assert!(inside, "{doc} links to {target}, outside the repository");
+        }
+    }
 }

@@ -327,12 +327,23 @@ pub struct ProfileRef {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ProfileRecordingSpec {
-    /// `SeccompProfile` (the only kind recorded).
+    /// `SeccompProfile`, the only kind recorded: the API server refuses `AppArmorProfile` (nothing
+    /// would record it).
+    #[schemars(schema_with = "recorded_kind_schema")]
     pub kind: ProfileKind,
     /// `logs`: the kernel's audit records of a `SCMP_ACT_LOG` profile (the only recorder; the API
     /// server refuses others by name).
     pub recorder: Recorder,
     pub pod_selector: LabelSelector,
+}
+
+/// The schema of [`ProfileRecordingSpec::kind`]: the profile kinds a recording can produce. The
+/// field keeps the type [`ProfileKind`] so the code compares it like a binding's kind.
+fn recorded_kind_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": [ProfileKind::SeccompProfile.as_str()],
+    })
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, JsonSchema, PartialEq, Eq)]
@@ -441,6 +452,33 @@ pub fn profiles_used(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only seccomp profiles are recorded: an AppArmorProfile recording would be accepted and
+    /// record nothing, so the API server refuses it by the schema.
+    #[test]
+    fn a_recording_of_apparmor_profiles_is_refused_by_the_schema() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(ProfileRecording::crd()).unwrap();
+        let kind = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["kind"];
+        assert_eq!(kind["enum"], serde_json::json!(["SeccompProfile"]), "{kind}");
+        assert!(
+            kind["description"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("AppArmorProfile"),
+            "the schema says why: {kind}"
+        );
+        // A binding may still name either kind.
+        let crd = serde_json::to_value(ProfileBinding::crd()).unwrap();
+        let kind = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["profileRef"]["properties"]["kind"];
+        assert_eq!(
+            kind["enum"],
+            serde_json::json!(["SeccompProfile", "AppArmorProfile"]),
+            "{kind}"
+        );
+    }
 
     /// kubectl validates against the CRD's schema: every field of SPO's SeccompProfile spec must
     /// be in it, or SPO's own profiles are refused (`unknown field "targetWorkload"`).

@@ -1,4 +1,4 @@
-//! The `secrets.phylax.dev/sync` annotation (DESIGN.md, "Secret sync annotation"): which external
+//! The `secrets.phylax.dev/sync` annotation (README.md, "Operator: secret sync"): which external
 //! secrets a pod wants, and the Secret each becomes in the pod's namespace.
 //!
 //! One parser serves the admission webhook (refusing a bad annotation at `kubectl apply` time) and

@@ -41,9 +41,22 @@ pub struct ManifestArgs {
     #[arg(long, short = 'n', default_value = "phylax-system", value_parser = crate::runtime::names::parse_namespace)]
     pub namespace: String,
 
-    /// Container image holding the phylax binary (entrypoint `phylax`)
+    /// Container image holding the phylax binary with every role (entrypoint `phylax`; the
+    /// containers pass the role as the first argument): the flake's `image`, or kind/Dockerfile
     #[arg(long, value_name = "REF", default_value_t = default_image())]
     pub image: String,
+
+    /// Image for the operator instead of --image, e.g. the flake's `image-operator`
+    #[arg(long, value_name = "REF")]
+    pub operator_image: Option<String>,
+
+    /// Image for the webhook instead of --image, e.g. the flake's `image-webhook`
+    #[arg(long, value_name = "REF")]
+    pub webhook_image: Option<String>,
+
+    /// Image for the node agent instead of --image, e.g. the flake's `image-node-agent`
+    #[arg(long, value_name = "REF")]
+    pub node_agent_image: Option<String>,
 
     /// Which namespaces and objects Phylax's webhooks review: every one not labelled
     /// `phylax.dev/webhooks=disabled` (opt-out), or only namespaces labelled
@@ -114,13 +127,26 @@ pub fn default_image() -> String {
     format!("phylax:{}", crate::version::VERSION)
 }
 
+impl ManifestArgs {
+    /// The image a role's containers run: its own option, else `--image`. A per-role image must
+    /// hold that role (the flake's `image-<role>`); the KMS plugin is not in the manifests.
+    pub fn image_for(&self, role: Role) -> &str {
+        let own = match role {
+            Role::Operator => self.operator_image.as_deref(),
+            Role::Webhook => self.webhook_image.as_deref(),
+            Role::NodeAgent => self.node_agent_image.as_deref(),
+            _ => None,
+        };
+        own.unwrap_or(&self.image)
+    }
+}
+
 const NON_ROOT_UID: i64 = 65532;
 
 /// All objects, in apply order: namespace, CRDs, then each role's identity and RBAC before its
 /// workloads.
 pub fn manifests(args: &ManifestArgs) -> anyhow::Result<Vec<Value>> {
     let ns = args.namespace.as_str();
-    let image = args.image.as_str();
     let mut out = Objects::default();
     out.push(&Namespace {
         metadata: ObjectMeta {
@@ -136,7 +162,7 @@ pub fn manifests(args: &ManifestArgs) -> anyhow::Result<Vec<Value>> {
 
     out.access(operator::access(ns))?;
     out.push(&operator::vault_auth_account(ns))?;
-    out.push(&operator::deployment(ns, image))?;
+    out.push(&operator::deployment(ns, args.image_for(Role::Operator)))?;
     if args.admission_policy {
         out.push(&admission_policy::policy(ns))?;
         out.push(&admission_policy::binding())?;
@@ -144,7 +170,7 @@ pub fn manifests(args: &ManifestArgs) -> anyhow::Result<Vec<Value>> {
     out.push(&admin_service(ns, Role::Operator))?;
 
     out.access(webhook::access(ns))?;
-    out.push(&webhook::deployment(ns, image))?;
+    out.push(&webhook::deployment(ns, args.image_for(Role::Webhook)))?;
     out.push(&webhook::service(ns))?;
     if let Some(config) = webhook::validating_configuration(ns, args.webhooks) {
         out.push(&config)?;
@@ -158,7 +184,7 @@ pub fn manifests(args: &ManifestArgs) -> anyhow::Result<Vec<Value>> {
     }
 
     out.access(node_agent::access(ns))?;
-    out.push(&node_agent::daemon_set(ns, image))?;
+    out.push(&node_agent::daemon_set(ns, args.image_for(Role::NodeAgent)))?;
     Ok(out.0)
 }
 
@@ -464,6 +490,9 @@ mod tests {
         manifests(&ManifestArgs {
             namespace: "sec".into(),
             image: "reg/phylax:t".into(),
+            operator_image: None,
+            webhook_image: None,
+            node_agent_image: None,
             webhooks: WebhookScope::OptOut,
             webhook_allow_from: Vec::new(),
             admission_policy: false,
@@ -491,6 +520,9 @@ mod tests {
         let objects = manifests(&ManifestArgs {
             namespace: "sec".into(),
             image: "reg/phylax:t".into(),
+            operator_image: None,
+            webhook_image: None,
+            node_agent_image: None,
             webhooks: WebhookScope::OptOut,
             webhook_allow_from: vec!["192.168.10.0/24".into()],
             admission_policy: true,
@@ -582,6 +614,9 @@ mod tests {
         let opt_in = manifests(&ManifestArgs {
             namespace: "sec".into(),
             image: "reg/phylax:t".into(),
+            operator_image: None,
+            webhook_image: None,
+            node_agent_image: None,
             webhooks: WebhookScope::OptIn,
             webhook_allow_from: Vec::new(),
             admission_policy: false,
@@ -609,6 +644,94 @@ mod tests {
                 assert!(hook.get("objectSelector").is_none(), "{kind}: {hook}");
             }
         }
+    }
+
+    fn workload<'a>(objs: &'a [Value], name: &str) -> &'a Value {
+        objs.iter()
+            .find(|o| {
+                o["metadata"]["name"] == name
+                    && ["Deployment", "DaemonSet"].contains(&o["kind"].as_str().unwrap())
+            })
+            .unwrap_or_else(|| panic!("no workload {name}"))
+    }
+
+    /// A non-root container reads a Secret volume's files (written by the kubelet as root) only
+    /// through the group bits and the pod's fsGroup: the webhook's TLS key, today.
+    #[test]
+    fn non_root_pods_can_read_their_secret_volumes() {
+        let objs = render_default();
+        let mut secret_volumes = 0;
+        for w in objs
+            .iter()
+            .filter(|o| ["Deployment", "DaemonSet"].contains(&o["kind"].as_str().unwrap()))
+        {
+            let pod = &w["spec"]["template"]["spec"];
+            let c = &pod["containers"][0];
+            for v in pod["volumes"].as_array().into_iter().flatten() {
+                let Some(secret) = v.get("secret") else { continue };
+                secret_volumes += 1;
+                let uid = c["securityContext"]["runAsUser"].as_i64().unwrap();
+                if uid == 0 {
+                    continue;
+                }
+                let mode = secret["defaultMode"].as_i64().unwrap_or(0o644);
+                let name = &w["metadata"]["name"];
+                // Owner bits are root's (the kubelet's); others' bits would expose the key.
+                assert_eq!(mode & 0o007, 0, "{name}: {v} is readable by others");
+                assert_ne!(mode & 0o040, 0, "{name}: {v} is not group-readable");
+                assert_eq!(
+                    pod["securityContext"]["fsGroup"].as_i64(),
+                    c["securityContext"]["runAsGroup"].as_i64(),
+                    "{name}: the Secret volume's group must be the container's"
+                );
+            }
+        }
+        assert_eq!(secret_volumes, 1, "the webhook's TLS Secret");
+        let webhook = workload(&objs, "phylax-webhook");
+        assert_eq!(
+            webhook["spec"]["template"]["spec"]["securityContext"]["fsGroup"],
+            NON_ROOT_UID
+        );
+    }
+
+    /// One image for every role by default (the all-roles image); a role's own image replaces it
+    /// for that role only.
+    #[test]
+    fn each_role_can_have_its_own_image() {
+        let args = |operator: Option<&str>, webhook: Option<&str>, agent: Option<&str>| ManifestArgs {
+            namespace: "sec".into(),
+            image: "reg/phylax:all".into(),
+            operator_image: operator.map(str::to_owned),
+            webhook_image: webhook.map(str::to_owned),
+            node_agent_image: agent.map(str::to_owned),
+            webhooks: WebhookScope::OptOut,
+            webhook_allow_from: Vec::new(),
+            admission_policy: false,
+        };
+        let image = |objs: &[Value], name: &str| {
+            workload(objs, name)["spec"]["template"]["spec"]["containers"][0]["image"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        let all = manifests(&args(None, None, None)).unwrap();
+        for name in ["phylax-operator", "phylax-webhook", "phylax-node-agent"] {
+            assert_eq!(image(&all, name), "reg/phylax:all");
+        }
+        let one = manifests(&args(None, Some("reg/phylax-webhook:1"), None)).unwrap();
+        assert_eq!(image(&one, "phylax-webhook"), "reg/phylax-webhook:1");
+        assert_eq!(image(&one, "phylax-operator"), "reg/phylax:all");
+        assert_eq!(image(&one, "phylax-node-agent"), "reg/phylax:all");
+        let each = manifests(&args(Some("o:1"), Some("w:1"), Some("n:1"))).unwrap();
+        assert_eq!(
+            ["phylax-operator", "phylax-webhook", "phylax-node-agent"].map(|n| image(&each, n)),
+            ["o:1", "w:1", "n:1"]
+        );
+        // The container still names its role first: a per-role image's entrypoint is `phylax`.
+        assert_eq!(
+            workload(&each, "phylax-webhook")["spec"]["template"]["spec"]["containers"][0]["args"][0],
+            "webhook"
+        );
     }
 
     #[test]

@@ -78,6 +78,12 @@ pub(super) fn deployment(ns: &str, image: &str) -> Deployment {
     );
     let mut d = super::deployment(ns, image, role, 2, &[&listen, &tls_dir, &agents]);
     if let Some(spec) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        // The kubelet writes Secret volume files as root; with fsGroup they belong to the pod's
+        // group, so the non-root webhook can read its key through the 0440 mode (without it the
+        // webhook exits at start and the fail-closed profile webhook blocks pod creation).
+        if let Some(sc) = spec.security_context.as_mut() {
+            sc.fs_group = Some(super::NON_ROOT_UID);
+        }
         spec.volumes = Some(vec![Volume {
             name: "tls".into(),
             secret: Some(SecretVolumeSource {

@@ -4,7 +4,7 @@
 #   - kube-apiserver and kube-controller-manager v1.20.2 from Debian bookworm's kubernetes source
 #     package (it ships vendor/), built with Debian's Go 1.19 in GOPATH mode, static;
 #   - etcd 3.5.16 from trixie's etcd-server/etcd-client .debs, unpacked with dpkg -x.
-# Recipe and pitfalls: ../shared/control-plane/BUILD.md. ~4.5 min on 2 cores, ~2 GB of disk.
+# The recipe and its pitfalls are in the comments below. ~4.5 min on 2 cores, ~2 GB of disk.
 # Usage: tests/control-plane/build.sh [--force]     (root: installs build dependencies with apt-get)
 set -euo pipefail
 PREFIX=${PHYLAX_CONTROL_PLANE_DIR:-/var/tmp/phylax/control-plane}

@@ -52,6 +52,9 @@ impl Webhook {
         let rendered = phylax::deploy::manifests(&phylax::deploy::ManifestArgs {
             namespace: "phylax-system".into(),
             image: "phylax:test".into(),
+            operator_image: None,
+            webhook_image: None,
+            node_agent_image: None,
             webhooks: phylax::deploy::WebhookScope::OptOut,
             webhook_allow_from: Vec::new(),
             admission_policy: false,
