@@ -23,6 +23,15 @@ command -v gperf >/dev/null || missing+=(gperf)
 # Packaging checks: the Nix files are parsed (nix-instantiate), `file` tells a static binary.
 command -v nix-instantiate >/dev/null || missing+=(nix-bin)
 command -v file >/dev/null || missing+=(file)
+# The real node (tests/node): containerd 1.6, runc, the CNI bridge/host-local plugins, a static
+# busybox for test images, and the tools that set up its network namespace and Services.
+command -v containerd >/dev/null || missing+=(containerd)
+command -v runc >/dev/null || missing+=(runc)
+[ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
+dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+command -v iptables >/dev/null || missing+=(iptables)
+command -v nsenter >/dev/null || missing+=(util-linux)
+command -v ip >/dev/null || missing+=(iproute2)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== apt-get install ${missing[*]}"
   apt-get update -qq
@@ -48,3 +57,4 @@ if [ ! -x "$VENV/bin/grpcurl" ] || [ ! -x "$VENV/bin/moto_server" ] || [ ! -x "$
 fi
 
 tests/control-plane/build.sh
+tests/real-node/build.sh

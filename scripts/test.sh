@@ -17,7 +17,7 @@ for f in flake.nix modules/*.nix nixos/*.nix; do
   nix-instantiate --parse "$f" >/dev/null 2>"${TMPDIR:-/tmp}/nix-parse.err" \
     || { cat "${TMPDIR:-/tmp}/nix-parse.err" >&2; echo "error: $f does not parse" >&2; exit 1; }
 done
-/var/tmp/phylax/venv/bin/shellcheck scripts/*.sh kind/*.sh tests/control-plane/*.sh benches/*.sh
+/var/tmp/phylax/venv/bin/shellcheck scripts/*.sh kind/*.sh tests/control-plane/*.sh tests/real-node/*.sh benches/*.sh
 echo "   ok"
 
 step "cargo fmt --check"
