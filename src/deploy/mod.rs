@@ -623,20 +623,16 @@ mod tests {
             let c = &w["spec"]["template"]["spec"]["containers"][0];
             assert_eq!(c["image"], "reg/phylax:t");
             if w["kind"] == "DaemonSet" {
-                // The node agent writes into the kubelet's root-owned directory as root, with no
-                // capability but CAP_SYSLOG (for /dev/kmsg), and is never privileged.
+                // The node agent writes into the kubelet's root-owned directory as root, and is
+                // privileged only because the device cgroup refuses /dev/kmsg otherwise.
                 assert_eq!(c["securityContext"]["runAsUser"], 0);
-                assert_eq!(
-                    c["securityContext"]["capabilities"]["add"],
-                    serde_json::json!(["SYSLOG"])
-                );
-                assert!(c["securityContext"].get("privileged").is_none());
+                assert_eq!(c["securityContext"]["privileged"], true);
             } else {
                 assert_eq!(c["securityContext"]["runAsNonRoot"], true);
+                assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+                assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
             }
             assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
-            assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
-            assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
             let role = c["args"][0].as_str().unwrap();
             assert!(Role::from_name(role).is_some(), "{role}");
             assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");

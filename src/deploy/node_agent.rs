@@ -3,7 +3,7 @@
 //! SeccompProfiles recordings produce.
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
-use k8s_openapi::api::core::v1::{Capabilities, HostPathVolumeSource, Toleration, Volume, VolumeMount};
+use k8s_openapi::api::core::v1::{HostPathVolumeSource, Toleration, Volume, VolumeMount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::{
@@ -62,9 +62,11 @@ pub(super) fn daemon_set(ns: &str, image: &str) -> DaemonSet {
             operator: Some("Exists".into()),
             ..Default::default()
         }]);
-        // Root without capabilities owns the kubelet's root-owned seccomp directory; CAP_SYSLOG
-        // reads /dev/kmsg. Loading AppArmor profiles would also need CAP_MAC_ADMIN and
-        // apparmor_parser in the image: without them the agent reports AppArmor unsupported.
+        // Root owns the kubelet's root-owned seccomp directory. Privileged, because the runtime's
+        // device cgroup refuses a hostPath /dev/kmsg to any other container (open() gives EPERM
+        // even with CAP_SYSLOG; seen on a real kubelet + containerd node, tests/node). Loading
+        // AppArmor profiles would also need apparmor_parser in the image: without it the agent
+        // reports AppArmor unsupported.
         if let Some(sc) = spec.security_context.as_mut() {
             sc.run_as_non_root = Some(false);
         }
@@ -108,10 +110,11 @@ pub(super) fn daemon_set(ns: &str, image: &str) -> DaemonSet {
             sc.run_as_non_root = Some(false);
             sc.run_as_user = Some(0);
             sc.run_as_group = Some(0);
-            sc.capabilities = Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: Some(vec!["SYSLOG".into()]),
-            });
+            sc.privileged = Some(true);
+            // The API server refuses privileged with allowPrivilegeEscalation: false, and a
+            // privileged container gets every capability whatever a capabilities list says.
+            sc.allow_privilege_escalation = None;
+            sc.capabilities = None;
         }
     }
     DaemonSet {
