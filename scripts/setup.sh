@@ -26,6 +26,15 @@ command -v gperf >/dev/null || missing+=(gperf)
 command -v nix-instantiate >/dev/null || missing+=(nix-bin)
 command -v shellcheck >/dev/null || missing+=(shellcheck)
 command -v file >/dev/null || missing+=(file)
+# The real node (tests/node): containerd 1.6, runc, the CNI bridge/host-local plugins, a static
+# busybox for test images, and the tools that set up its network namespace and Services.
+command -v containerd >/dev/null || missing+=(containerd)
+command -v runc >/dev/null || missing+=(runc)
+[ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
+dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+command -v iptables >/dev/null || missing+=(iptables)
+command -v nsenter >/dev/null || missing+=(util-linux)
+command -v ip >/dev/null || missing+=(iproute2)
 # scripts/up.sh installs Phylax with kubectl: Debian's client (1.20, the test control plane's version).
 command -v kubectl >/dev/null || missing+=(kubernetes-client)
 if [ "${PHYLAX_SETUP_DRY_RUN:-}" = 1 ]; then
@@ -56,3 +65,4 @@ if [ ! -x "$VENV/bin/grpcurl" ] || [ ! -x "$VENV/bin/moto_server" ]; then
 fi
 
 tests/control-plane/build.sh
+tests/real-node/build.sh

@@ -20,7 +20,7 @@ failed=$(nix-instantiate --eval --strict tests/nix/eval.nix 2>"$tmp/nix.err") \
 [ "$failed" = "[ ]" ] || fail "tests/nix/eval.nix: failed checks: $failed"
 echo "   nix: parse + eval ok"
 
-shellcheck scripts/*.sh kind/*.sh tests/*.sh tests/control-plane/*.sh benches/*.sh
+shellcheck scripts/*.sh kind/*.sh tests/*.sh tests/control-plane/*.sh tests/real-node/*.sh benches/*.sh
 echo "   shellcheck ok"
 
 # kind's kubeadm configuration as kind writes it for a control-plane node (abridged).

@@ -756,10 +756,10 @@ mod tests {
                 assert!(c["securityContext"].get("privileged").is_none());
             } else {
                 assert_eq!(c["securityContext"]["runAsNonRoot"], true);
+                assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+                assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
             }
             assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
-            assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
-            assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
             let role = c["args"][0].as_str().unwrap();
             assert!(Role::from_name(role).is_some(), "{role}");
             assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");

@@ -93,6 +93,11 @@ pub(super) fn deployment(ns: &str, image: &str) -> Deployment {
             }),
             ..Default::default()
         }]);
+        // The kubelet writes the Secret's files root-owned; mode 0440 lets only their group read
+        // them, so that group must be the container's (found on a real node: EACCES otherwise).
+        if let Some(sc) = spec.security_context.as_mut() {
+            sc.fs_group = Some(super::NON_ROOT_UID);
+        }
         if let Some(c) = spec.containers.first_mut() {
             c.volume_mounts = Some(vec![VolumeMount {
                 name: "tls".into(),

@@ -29,6 +29,38 @@ pub struct Options {
     pub apiserver_args: Vec<String>,
     /// Skip kube-controller-manager (no service-account tokens, GC or namespace deletion).
     pub no_controller_manager: bool,
+    /// Run every component inside this network namespace (a /var/run/netns path, entered with
+    /// `nsenter --net`); the API server is then reached from the test through a loopback
+    /// forwarder, and advertises `advertise_address` so pods reach it through the `kubernetes`
+    /// Service.
+    pub netns: Option<PathBuf>,
+    pub advertise_address: Option<String>,
+    /// More client/server certificates signed by the cluster CA (for a kubelet, a scheduler...).
+    pub extra_certs: Vec<Leaf>,
+    /// API server flags naming files of the control plane's PKI directory (known only at start).
+    pub apiserver_args_from_pki: Option<fn(&Path) -> Vec<String>>,
+}
+
+/// A certificate `generate_pki` writes as `<name>.crt` / `<name>.key`.
+#[derive(Clone, Debug)]
+pub struct Leaf {
+    pub name: String,
+    pub cn: String,
+    pub org: Option<String>,
+    pub sans: Vec<String>,
+    pub server: bool,
+}
+
+/// `bin args...`, entered into `netns` first when there is one.
+pub fn command_in(netns: Option<&Path>, bin: &Path) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut cmd = Command::new("nsenter");
+            cmd.arg(format!("--net={}", ns.display())).arg("--").arg(bin);
+            cmd
+        }
+        None => Command::new(bin),
+    }
 }
 
 pub struct ControlPlane {
@@ -36,6 +68,9 @@ pub struct ControlPlane {
     pub kubeconfig: PathBuf,
     pub apiserver_url: String,
     pub etcd_url: String,
+    /// The API server's URL for components inside the network namespace (the same as
+    /// `apiserver_url` without one).
+    pub inner_apiserver_url: String,
     children: Vec<(String, Child)>,
 }
 
@@ -61,21 +96,34 @@ impl ControlPlane {
             .expect("tempdir");
         let pki = dir.path().join("pki");
         fs::create_dir_all(&pki).expect("pki dir");
-        generate_pki(&pki);
+        generate_pki(&pki, &opts.extra_certs);
+        let ns = opts.netns.as_deref();
 
-        let (etcd_port, peer_port, api_port, kcm_port) = (
-            super::free_port(),
-            super::free_port(),
-            super::free_port(),
-            super::free_port(),
-        );
+        // A network namespace of our own has every port free.
+        let (etcd_port, peer_port, api_port, kcm_port) = if ns.is_some() {
+            (2379, 2380, 6443, 10257)
+        } else {
+            (
+                super::free_port(),
+                super::free_port(),
+                super::free_port(),
+                super::free_port(),
+            )
+        };
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
-        let apiserver_url = format!("https://127.0.0.1:{api_port}");
+        let inner_apiserver_url = format!("https://127.0.0.1:{api_port}");
+        let apiserver_url = match ns {
+            Some(ns) => format!(
+                "https://127.0.0.1:{}",
+                forward_into(ns, ([127, 0, 0, 1], api_port).into())
+            ),
+            None => inner_apiserver_url.clone(),
+        };
         let logs = dir.path().join("logs");
         fs::create_dir_all(&logs).expect("logs dir");
 
         let mut children = Vec::new();
-        let mut cmd = Command::new(&etcd);
+        let mut cmd = command_in(ns, &etcd);
         cmd.args([
             "--name=test",
             &format!("--data-dir={}", dir.path().join("etcd").display()),
@@ -90,10 +138,15 @@ impl ControlPlane {
         children.push(("etcd".to_owned(), spawn_logged(cmd, &logs.join("etcd.log"))));
 
         let p = |n: &str| pki.join(n).display().to_string();
-        let mut cmd = Command::new(&apiserver);
+        let mut cmd = command_in(ns, &apiserver);
+        let (advertise, bind) = match &opts.advertise_address {
+            // Pods reach the API server at the advertised address (the `kubernetes` Endpoints).
+            Some(a) => (a.clone(), "0.0.0.0"),
+            None => ("127.0.0.1".to_owned(), "127.0.0.1"),
+        };
         cmd.args([
-            "--advertise-address=127.0.0.1".to_owned(),
-            "--bind-address=127.0.0.1".to_owned(),
+            format!("--advertise-address={advertise}"),
+            format!("--bind-address={bind}"),
             format!("--secure-port={api_port}"),
             "--insecure-port=0".to_owned(),
             format!("--etcd-servers={etcd_url}"),
@@ -123,6 +176,9 @@ impl ControlPlane {
             cmd.arg(format!("--encryption-provider-config={}", cfg.display()));
         }
         cmd.args(&opts.apiserver_args);
+        if let Some(args) = opts.apiserver_args_from_pki {
+            cmd.args(args(&pki));
+        }
         children.push((
             "kube-apiserver".to_owned(),
             spawn_logged(cmd, &logs.join("kube-apiserver.log")),
@@ -135,14 +191,15 @@ impl ControlPlane {
             kubeconfig,
             apiserver_url,
             etcd_url,
+            inner_apiserver_url,
             children,
         };
         cp.wait_ready().await;
 
         if !opts.no_controller_manager {
             let kcm_kubeconfig = cp.dir.path().join("kcm.kubeconfig");
-            write_kubeconfig(&kcm_kubeconfig, &cp.apiserver_url, &pki, "kcm");
-            let mut cmd = Command::new(&kcm);
+            write_kubeconfig(&kcm_kubeconfig, &cp.inner_apiserver_url, &pki, "kcm");
+            let mut cmd = command_in(ns, &kcm);
             cmd.args([
                 format!("--kubeconfig={}", kcm_kubeconfig.display()),
                 format!("--authentication-kubeconfig={}", kcm_kubeconfig.display()),
@@ -193,6 +250,32 @@ impl ControlPlane {
         }
     }
 
+    pub fn pki(&self) -> PathBuf {
+        self.dir.path().join("pki")
+    }
+
+    /// Starts a process logged to `logs/<name>.log`, stopped with the control plane.
+    pub fn spawn(&mut self, name: &str, cmd: Command) {
+        let log = self.dir.path().join(format!("logs/{name}.log"));
+        self.children.push((name.to_owned(), spawn_logged(cmd, &log)));
+    }
+
+    /// Whether every process is still running; the name of the first that exited otherwise.
+    pub fn exited(&mut self) -> Option<String> {
+        self.children
+            .iter_mut()
+            .find_map(|(n, c)| (!matches!(c.try_wait(), Ok(None))).then(|| n.clone()))
+    }
+
+    /// Stops the processes in reverse start order (also done on drop).
+    pub fn stop(&mut self) {
+        for (_, child) in self.children.iter_mut().rev() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.children.clear();
+    }
+
     pub fn log(&self, component: &str) -> String {
         fs::read_to_string(self.dir.path().join(format!("logs/{component}.log"))).unwrap_or_default()
     }
@@ -200,11 +283,47 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        for (_, child) in self.children.iter_mut().rev() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.stop();
     }
+}
+
+/// A loopback port on the host that forwards each connection to `target` inside the network
+/// namespace `netns`: the test talks to loopback only, and the cluster's addresses stay inside.
+pub fn forward_into(netns: &Path, target: std::net::SocketAddr) -> u16 {
+    use std::os::fd::AsRawFd;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a forwarder port");
+    let port = listener.local_addr().expect("forwarder addr").port();
+    let ns = fs::File::open(netns).unwrap_or_else(|e| panic!("open {}: {e}", netns.display()));
+    std::thread::Builder::new()
+        .name(format!("fwd-{port}"))
+        .spawn(move || {
+            // The listener was bound in the host's namespace; sockets this thread creates from
+            // here on (the outgoing connections) are in the node's.
+            // SAFETY: setns(2) with a namespace fd changes only this thread's network namespace.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return;
+            }
+            for conn in listener.incoming() {
+                let Ok(client) = conn else { continue };
+                let Ok(server) = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5)) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ]
+                .into_iter()
+                .filter_map(|(a, b)| Some((a.ok()?, b.ok()?)))
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        })
+        .expect("spawn the forwarder");
+    port
 }
 
 fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
@@ -226,7 +345,7 @@ fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
 }
 
 /// The certificates one control plane needs, written as PEM files into `dir`.
-fn generate_pki(dir: &Path) {
+fn generate_pki(dir: &Path, extra: &[Leaf]) {
     {
         let write = |name: &str, pem: String| fs::write(dir.join(name), pem).expect("write pki file");
         let ca_key = KeyPair::generate().expect("ca key");
@@ -289,6 +408,19 @@ fn generate_pki(dir: &Path) {
             vec![],
             ExtendedKeyUsagePurpose::ClientAuth,
         );
+        for l in extra {
+            leaf(
+                &l.name,
+                &l.cn,
+                l.org.as_deref(),
+                l.sans.clone(),
+                if l.server {
+                    ExtendedKeyUsagePurpose::ServerAuth
+                } else {
+                    ExtendedKeyUsagePurpose::ClientAuth
+                },
+            );
+        }
 
         // Service-account token signing key (ECDSA P-256; the API server accepts PKCS#8 and PKIX).
         let sa = KeyPair::generate().expect("sa key");
@@ -297,7 +429,7 @@ fn generate_pki(dir: &Path) {
     }
 }
 
-fn write_kubeconfig(path: &Path, server: &str, pki: &Path, user: &str) {
+pub fn write_kubeconfig(path: &Path, server: &str, pki: &Path, user: &str) {
     let p = |n: &str| pki.join(n).display().to_string();
     let text = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\n\

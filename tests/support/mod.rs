@@ -7,6 +7,7 @@ pub mod control_plane;
 pub mod keeper;
 pub mod moto;
 pub mod process;
+pub mod real_node;
 pub mod swtpm;
 pub mod tls;
 pub mod wait;

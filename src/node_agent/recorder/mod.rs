@@ -102,7 +102,21 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (tx, mut records) = mpsc::channel::<SeccompRecord>(8192);
-    source::spawn(node.audit_source.clone(), tx, metrics.clone())?;
+    if let Err(e) = source::spawn(node.audit_source.clone(), tx, metrics.clone()) {
+        // Installing profiles does not need the audit source: the agent keeps doing that, and
+        // recording is unavailable on this node until the source can be read (a restart).
+        tracing::error!(
+            error = format!("{e:#}"),
+            "profile recording is unavailable on this node; profiles are still installed"
+        );
+        // Pod events are still sent: drain them so they do not pile up.
+        loop {
+            tokio::select! {
+                event = pod_events.recv() => if event.is_none() { return Ok(()) },
+                _ = shutdown.cancelled() => return Ok(()),
+            }
+        }
+    }
     let mut state = State::default();
     let profiles = Api::<SeccompProfile>::all(client.clone());
     loop {
