@@ -8,6 +8,17 @@ use std::time::Duration;
 
 use support::process::{Phylax, binary, run};
 
+/// Commands every default build lists in `--help`.
+const COMMANDS: [&str; 7] = [
+    "operator",
+    "webhook",
+    "kms-plugin",
+    "node-agent",
+    "tokenizer",
+    "manifests",
+    "crd",
+];
+
 fn one_line_error(stderr: &str) -> &str {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     let last = *lines.last().unwrap_or_else(|| panic!("no error printed"));
@@ -42,15 +53,7 @@ fn version_names_commit_and_roles() {
 fn help_lists_the_roles_of_this_build() {
     let (code, out, _) = run(&binary(), &["--help"]);
     assert_eq!(code, 0);
-    for role in [
-        "operator",
-        "webhook",
-        "kms-plugin",
-        "node-agent",
-        "tokenizer",
-        "manifests",
-        "crd",
-    ] {
+    for role in COMMANDS {
         assert!(out.contains(role), "{role} missing from:\n{out}");
     }
     let (code, _, err) = run(&binary(), &[]);
@@ -464,15 +467,7 @@ fn the_readme_documents_every_flag_of_every_command() {
         .filter(|c| *c != "help")
         .map(str::to_owned)
         .collect();
-    for expected in [
-        "operator",
-        "webhook",
-        "kms-plugin",
-        "node-agent",
-        "tokenizer",
-        "manifests",
-        "crd",
-    ] {
+    for expected in COMMANDS {
         assert!(
             commands.iter().any(|c| c == expected),
             "{expected} not in {commands:?}"
