@@ -66,19 +66,23 @@ impl ImageRef {
 
 /// `registry/path` with Docker Hub's implicit registry and `library/` made explicit.
 fn canonical_repository(name: &str) -> String {
-    let (first, rest) = match name.split_once('/') {
-        Some((f, r)) if is_registry(f) => (f.to_ascii_lowercase(), Some(r)),
-        _ => (DOCKER_HUB.to_owned(), None),
-    };
-    let path = rest.unwrap_or(name);
-    let first = match first.as_str() {
-        "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_owned(),
-        _ => first,
+    let (first, path) = match name.split_once('/') {
+        Some((f, r)) if is_registry(f) => (registry(f), r),
+        _ => (DOCKER_HUB.to_owned(), name),
     };
     if first == DOCKER_HUB && !path.contains('/') {
         format!("{first}/library/{path}")
     } else {
         format!("{first}/{path}")
+    }
+}
+
+/// A registry host as one name: lowercase, Docker Hub's aliases as `docker.io`.
+fn registry(host: &str) -> String {
+    let host = host.to_ascii_lowercase();
+    match host.as_str() {
+        "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_owned(),
+        _ => host,
     }
 }
 
@@ -152,11 +156,7 @@ fn canonical_glob(pattern: &str) -> String {
         None => format!("{DOCKER_HUB}/library/{pattern}"),
         Some((first, _)) if first.contains('*') => pattern.to_owned(),
         Some((first, rest)) if is_registry(first) => {
-            let first = first.to_ascii_lowercase();
-            let first = match first.as_str() {
-                "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB,
-                f => f,
-            };
+            let first = registry(first);
             if first == DOCKER_HUB && !rest.contains('/') && !rest.starts_with("library") {
                 format!("{first}/library/{rest}")
             } else {

@@ -38,7 +38,7 @@ pub use operator::OPERATOR_LEASE;
 #[derive(Debug, Args)]
 pub struct ManifestArgs {
     /// Namespace to install into
-    #[arg(long, short = 'n', default_value = "phylax-system", value_parser = crate::runtime::names::parse_namespace)]
+    #[arg(long, short = 'n', default_value = DEFAULT_NAMESPACE, value_parser = crate::runtime::names::parse_namespace)]
     pub namespace: String,
 
     /// Container image holding the phylax binary with every role (entrypoint `phylax`; the
@@ -125,6 +125,24 @@ pub enum WebhookScope {
 
 pub fn default_image() -> String {
     format!("phylax:{}", crate::version::VERSION)
+}
+
+pub const DEFAULT_NAMESPACE: &str = "phylax-system";
+
+/// What `phylax manifests` renders without options.
+impl Default for ManifestArgs {
+    fn default() -> Self {
+        ManifestArgs {
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            image: default_image(),
+            operator_image: None,
+            webhook_image: None,
+            node_agent_image: None,
+            webhooks: WebhookScope::OptOut,
+            webhook_allow_from: Vec::new(),
+            admission_policy: false,
+        }
+    }
 }
 
 impl ManifestArgs {
@@ -490,12 +508,7 @@ mod tests {
         manifests(&ManifestArgs {
             namespace: "sec".into(),
             image: "reg/phylax:t".into(),
-            operator_image: None,
-            webhook_image: None,
-            node_agent_image: None,
-            webhooks: WebhookScope::OptOut,
-            webhook_allow_from: Vec::new(),
-            admission_policy: false,
+            ..Default::default()
         })
         .unwrap()
     }
@@ -520,12 +533,9 @@ mod tests {
         let objects = manifests(&ManifestArgs {
             namespace: "sec".into(),
             image: "reg/phylax:t".into(),
-            operator_image: None,
-            webhook_image: None,
-            node_agent_image: None,
-            webhooks: WebhookScope::OptOut,
             webhook_allow_from: vec!["192.168.10.0/24".into()],
             admission_policy: true,
+            ..Default::default()
         })
         .unwrap();
         let policy = objects.iter().find(|o| o["kind"] == "NetworkPolicy").unwrap();
@@ -614,12 +624,8 @@ mod tests {
         let opt_in = manifests(&ManifestArgs {
             namespace: "sec".into(),
             image: "reg/phylax:t".into(),
-            operator_image: None,
-            webhook_image: None,
-            node_agent_image: None,
             webhooks: WebhookScope::OptIn,
-            webhook_allow_from: Vec::new(),
-            admission_policy: false,
+            ..Default::default()
         })
         .unwrap();
         let config = opt_in
@@ -704,9 +710,7 @@ mod tests {
             operator_image: operator.map(str::to_owned),
             webhook_image: webhook.map(str::to_owned),
             node_agent_image: agent.map(str::to_owned),
-            webhooks: WebhookScope::OptOut,
-            webhook_allow_from: Vec::new(),
-            admission_policy: false,
+            ..Default::default()
         };
         let image = |objs: &[Value], name: &str| {
             workload(objs, name)["spec"]["template"]["spec"]["containers"][0]["image"]

@@ -65,7 +65,7 @@ impl Kek {
     }
 
     pub fn fingerprint_hex(&self) -> String {
-        self.fingerprint.iter().map(|b| format!("{b:02x}")).collect()
+        crate::runtime::hex::encode(&self.fingerprint)
     }
 
     pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
@@ -114,10 +114,7 @@ pub fn fingerprint_of(ciphertext: &[u8]) -> Result<String, EnvelopeError> {
         None => Err(EnvelopeError::Empty),
         Some(&v) if v != FORMAT_V1 => Err(EnvelopeError::UnknownFormat(v)),
         Some(_) if ciphertext.len() < OVERHEAD => Err(EnvelopeError::TooShort(ciphertext.len())),
-        Some(_) => Ok(ciphertext[1..HEADER_LEN]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()),
+        Some(_) => Ok(crate::runtime::hex::encode(&ciphertext[1..HEADER_LEN])),
     }
 }
 

@@ -372,9 +372,7 @@ fn is_storage_primary(public: &Public) -> bool {
 fn name_hex(public: &Public) -> String {
     match public.marshall() {
         Ok(bytes) => {
-            let digest = Sha256::digest(&bytes);
-            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-            format!("000b{hex}")
+            format!("000b{}", crate::runtime::hex::encode(&Sha256::digest(&bytes)))
         }
         Err(_) => "(no name)".into(),
     }

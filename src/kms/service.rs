@@ -61,10 +61,7 @@ pub struct Core {
 }
 
 pub fn key_id_hash(key_id: &str) -> String {
-    Sha256::digest(key_id.as_bytes())[..6]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::runtime::hex::encode(&Sha256::digest(key_id.as_bytes())[..6])
 }
 
 impl Core {

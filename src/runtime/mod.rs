@@ -14,6 +14,7 @@ pub mod controller;
 pub mod duration;
 #[cfg(any(feature = "operator", feature = "node-agent"))]
 pub mod finalizers;
+pub mod hex;
 #[cfg(feature = "k8s-client")]
 pub mod kube;
 #[cfg(feature = "k8s-client")]

@@ -96,6 +96,20 @@ pub enum Operation {
     Connect,
 }
 
+/// The only part of a reviewed object some handlers read: its annotations. serde skips the rest
+/// of the object without building it (these reviews are on every pod's path).
+#[derive(Deserialize)]
+pub struct Metadata {
+    #[serde(default)]
+    pub annotations: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+}
+
+#[derive(Deserialize)]
+pub struct WithMetadata {
+    #[serde(default)]
+    pub metadata: Option<Metadata>,
+}
+
 /// The request of an `admission.k8s.io/v1` AdmissionReview, with the objects left as raw JSON.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]

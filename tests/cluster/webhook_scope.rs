@@ -69,14 +69,8 @@ async fn the_fail_closed_profile_webhook_sees_only_namespaces_that_use_profiles(
     // The rendered configuration, pointed at a port where nothing listens: a call fails, and the
     // profile webhook fails closed.
     let rendered = phylax::deploy::manifests(&phylax::deploy::ManifestArgs {
-        namespace: "phylax-system".into(),
         image: "phylax:test".into(),
-        operator_image: None,
-        webhook_image: None,
-        node_agent_image: None,
-        webhooks: phylax::deploy::WebhookScope::OptOut,
-        webhook_allow_from: Vec::new(),
-        admission_policy: false,
+        ..Default::default()
     })
     .expect("render");
     let mut config = rendered

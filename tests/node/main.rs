@@ -18,13 +18,14 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{DeleteParams, DynamicObject, LogParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DynamicObject, LogParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{Scope, pinned_kind};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
+use support::cluster::TestNamespace;
 use support::real_node::{PHYLAX_IMAGE, RealNode};
 use support::wait::wait_for;
 
@@ -182,50 +183,17 @@ pub async fn describe_pods(client: &Client, ns: &str) -> String {
     out
 }
 
-/// A namespace for one test, deleted when the test ends.
-pub struct TestNs {
-    pub name: String,
-}
-
-impl TestNs {
-    pub async fn create(client: &Client, prefix: &str) -> TestNs {
-        let name = format!("t-{prefix}-{}", support::random_suffix());
-        let ns: Namespace = serde_json::from_value(json!({
-            // 1.20 does not label namespaces with their name; the webhooks' selectors read it.
-            "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}}
-        }))
-        .expect("namespace");
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("create namespace");
-        // Pods are admitted once the namespace's default ServiceAccount exists.
-        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &name);
-        wait_for("the namespace's default ServiceAccount", POD_TIMEOUT, || {
-            let sas = sas.clone();
-            async move { sas.get_opt("default").await.ok().flatten().map(|_| ()) }
-        })
-        .await;
-        TestNs { name }
-    }
-}
-
-impl Drop for TestNs {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let kubeconfig = shared().kubeconfig.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let api: Api<Namespace> = Api::all(support::cluster::client_for(&kubeconfig).await);
-                api.delete(&name, &DeleteParams::background()).await.ok()
-            })
-        })
-        .join();
-    }
+/// A namespace for one test, deleted when the test ends, once pods can be admitted in it.
+pub async fn test_namespace(client: &Client, prefix: &str) -> TestNamespace {
+    let ns = TestNamespace::create_with(client, &shared().kubeconfig, prefix).await;
+    // Pods are admitted once the namespace's default ServiceAccount exists.
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &ns.name);
+    wait_for("the namespace's default ServiceAccount", POD_TIMEOUT, || {
+        let sas = sas.clone();
+        async move { sas.get_opt("default").await.ok().flatten().map(|_| ()) }
+    })
+    .await;
+    ns
 }
 
 /// Waits until the pod has finished (Succeeded or Failed) and returns its phase and log.

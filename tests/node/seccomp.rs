@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::support::real_node::BUSYBOX_IMAGE;
 use crate::support::wait::wait_for;
-use crate::{POD_TIMEOUT, TestNs, busybox_pod, client, describe_pods, finished};
+use crate::{POD_TIMEOUT, busybox_pod, client, describe_pods, finished, test_namespace};
 
 async fn apply(client: &Client, ns: Option<&str>, kind: &str, name: &str, spec: Value) {
     let ar = ApiResource {
@@ -40,7 +40,7 @@ const SCRIPT: &str = "mkdir /tmp/x && echo MKDIR-OK || echo MKDIR-FAILED";
 #[ignore = "work in progress: the profile does not reach Installed within 90 s on the real node yet (issue 16)"]
 async fn a_bound_profile_is_enforced_on_the_bound_pod_only() {
     let client = client().await;
-    let ns = TestNs::create(&client, "seccomp").await;
+    let ns = test_namespace(&client, "seccomp").await;
     let profile = format!("deny-mkdir-{}", crate::support::random_suffix());
     // ENOTSUP (95): not what mkdir fails with on its own, so the message proves the profile.
     apply(
@@ -110,7 +110,7 @@ async fn a_bound_profile_is_enforced_on_the_bound_pod_only() {
     );
 
     // The same image in another namespace has no binding: mkdir works.
-    let other = TestNs::create(&client, "unbound").await;
+    let other = test_namespace(&client, "unbound").await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &other.name);
     pods.create(&PostParams::default(), &busybox_pod("unbound", SCRIPT))
         .await

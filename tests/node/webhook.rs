@@ -8,7 +8,7 @@ use kube::api::PostParams;
 use serde_json::json;
 
 use crate::support::wait::wait_for;
-use crate::{POD_TIMEOUT, TestNs, client, finished};
+use crate::{POD_TIMEOUT, client, finished, test_namespace};
 
 const BAD: &str = "provider: aws-prod\npath: /prod/shop/config\n";
 
@@ -21,7 +21,7 @@ fn annotated(name: &str, annotation: &str) -> Pod {
 #[tokio::test]
 async fn a_pod_with_a_bad_sync_annotation_is_refused_through_the_service() {
     let client = client().await;
-    let ns = TestNs::create(&client, "webhook").await;
+    let ns = test_namespace(&client, "webhook").await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
 
     // failurePolicy is Ignore for this webhook: a refusal can only come from a webhook pod the

@@ -50,14 +50,8 @@ impl Webhook {
         // The object selector the shipped manifests give the profile webhook (none, today): a
         // test of the bypass a pod label would open must use what users install.
         let rendered = phylax::deploy::manifests(&phylax::deploy::ManifestArgs {
-            namespace: "phylax-system".into(),
             image: "phylax:test".into(),
-            operator_image: None,
-            webhook_image: None,
-            node_agent_image: None,
-            webhooks: phylax::deploy::WebhookScope::OptOut,
-            webhook_allow_from: Vec::new(),
-            admission_policy: false,
+            ..Default::default()
         })
         .expect("render manifests");
         let object_selector = rendered

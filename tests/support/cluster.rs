@@ -73,8 +73,13 @@ pub struct TestNamespace {
 
 impl TestNamespace {
     pub async fn create(cluster: &TestCluster, prefix: &str) -> TestNamespace {
+        Self::create_with(&cluster.client().await, &cluster.kubeconfig, prefix).await
+    }
+
+    /// In the cluster `client` talks to; `kubeconfig` reaches it again to delete the namespace.
+    pub async fn create_with(client: &Client, kubeconfig: &Path, prefix: &str) -> TestNamespace {
         let name = format!("t-{prefix}-{}", super::random_suffix());
-        let api: Api<Namespace> = Api::all(cluster.client().await);
+        let api: Api<Namespace> = Api::all(client.clone());
         let ns: Namespace = serde_json::from_value(serde_json::json!({
             // The API server labels every namespace with its name from 1.21 on; the test control
             // plane (1.20) does not, so the test sets what newer servers would.
@@ -86,7 +91,7 @@ impl TestNamespace {
             .expect("create test namespace");
         TestNamespace {
             name,
-            kubeconfig: cluster.kubeconfig.clone(),
+            kubeconfig: kubeconfig.to_owned(),
         }
     }
 }

@@ -30,9 +30,10 @@ pub enum KeyError {
 }
 
 pub fn key_id(public: &[u8]) -> String {
-    let digest = Sha256::digest(public);
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("ed25519-{hex}")
+    format!(
+        "ed25519-{}",
+        crate::runtime::hex::encode(&Sha256::digest(public)[..8])
+    )
 }
 
 /// The operator's signing key. The PKCS#8 document is what the key Secret stores.
@@ -139,10 +140,6 @@ impl PublicKeys {
             .iter()
             .map(|(id, k)| (id.clone(), STANDARD.encode(k)))
             .collect()
-    }
-
-    pub fn insert(&mut self, key: &SigningKey) {
-        self.0.insert(key.id.clone(), key.public_key().to_vec());
     }
 
     pub fn contains(&self, id: &str) -> bool {

@@ -143,14 +143,7 @@ pub fn canonical<T: Serialize>(value: &T) -> Result<Vec<u8>, jcs::CanonicalError
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    let mut s = String::with_capacity(7 + 64);
-    s.push_str("sha256:");
-    for b in digest {
-        s.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-        s.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
-    }
-    s
+    format!("sha256:{}", crate::runtime::hex::encode(&Sha256::digest(bytes)))
 }
 
 /// Appends certificates to one chain: knows the last index and hash.

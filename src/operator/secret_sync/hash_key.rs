@@ -60,8 +60,7 @@ impl ContentHasher {
             mac.update(&v.0);
         }
         let tag = mac.finalize().into_bytes();
-        let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{PREFIX}{hex}")
+        format!("{PREFIX}{}", crate::runtime::hex::encode(&tag))
     }
 }
 

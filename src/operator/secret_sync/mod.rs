@@ -39,6 +39,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::sync_annotation::{self, ANNOTATION, SyncRequest};
+use crate::runtime::backoff::Backoff;
 use crate::runtime::controller::{ErrorPolicy, ReconcileError, log_controller_error};
 use crate::runtime::duration;
 use crate::runtime::metrics::Metrics;
@@ -291,21 +292,24 @@ async fn content_hasher(
     namespace: &str,
     term: &CancellationToken,
 ) -> Option<hash_key::ContentHasher> {
-    let mut wait = Duration::from_secs(1);
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     loop {
-        match hash_key::load_or_create(client.clone(), namespace).await {
+        let wait = match hash_key::load_or_create(client.clone(), namespace).await {
             Ok(h) => return Some(h),
-            Err(e) => tracing::error!(
-                error = format!("{e:#}"),
-                retry_in = ?wait,
-                "secret sync waits for its content-hash key"
-            ),
-        }
+            Err(e) => {
+                let wait = backoff.next_delay();
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    retry_in = ?wait,
+                    "secret sync waits for its content-hash key"
+                );
+                wait
+            }
+        };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = term.cancelled() => return None,
         }
-        wait = (wait * 2).min(Duration::from_secs(60));
     }
 }
 

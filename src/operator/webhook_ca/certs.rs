@@ -76,10 +76,7 @@ fn due(not_after: i64, validity: Duration, now: i64) -> bool {
 
 /// A short fingerprint of a CA certificate, to tell which CA signed a serving certificate.
 pub fn fingerprint(pem: &str) -> String {
-    Sha256::digest(pem.as_bytes())[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::runtime::hex::encode(&Sha256::digest(pem.as_bytes())[..8])
 }
 
 pub fn plan(

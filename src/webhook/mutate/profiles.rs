@@ -97,22 +97,25 @@ impl Handler for ProfileBinder {
 
     fn review(&self, req: &Request) -> anyhow::Result<Verdict> {
         let namespace = req.namespace.clone().unwrap_or_default();
-        match (req.operation, req.kind.kind.as_str(), req.sub_resource.as_deref()) {
-            (Operation::Create, "Pod", None) => {}
-            (Operation::Update, "Pod" | "EphemeralContainers", Some("ephemeralcontainers")) => {
-                if !self.index.ready() {
-                    anyhow::bail!("the webhook has not yet read the cluster's ProfileBindings and profiles");
-                }
-                return self.review_ephemeral(req, &namespace);
-            }
+        let ephemeral = match (req.operation, req.kind.kind.as_str(), req.sub_resource.as_deref()) {
+            (Operation::Create, "Pod", None) => false,
+            (Operation::Update, "Pod" | "EphemeralContainers", Some("ephemeralcontainers")) => true,
             _ => return Ok(Verdict::allow()),
-        }
-        let Some(pod) = req.object::<Pod>() else {
-            return Ok(Verdict::allow());
+        };
+        // A new pod: read once the index is known to be ready.
+        let pod = match ephemeral {
+            true => None,
+            false => match req.object::<Pod>() {
+                Some(pod) => Some(pod),
+                None => return Ok(Verdict::allow()),
+            },
         };
         if !self.index.ready() {
             anyhow::bail!("the webhook has not yet read the cluster's ProfileBindings and profiles");
         }
+        let Some(pod) = pod else {
+            return self.review_ephemeral(req, &namespace);
+        };
         let pod = pod?;
         let bindings = self.bindings(&namespace);
         let recordings: Vec<(String, ProfileRecordingSpec)> = self

@@ -3,11 +3,8 @@
 //! the node agent record the pod. The agent checks the recording itself as well (it exists in the
 //! pod's namespace and selects the pod), so this webhook fails open: the door, not the lock.
 
-use kube::api::ObjectMeta;
-use serde::Deserialize;
-
 use crate::api::profiles::RECORDING_ANNOTATION;
-use crate::webhook::review::{FailurePolicy, Handler, Operation, Request, Verdict};
+use crate::webhook::review::{FailurePolicy, Handler, Operation, Request, Verdict, WithMetadata};
 
 pub struct RecordingClaims;
 
@@ -35,20 +32,17 @@ impl Handler for RecordingClaims {
     }
 }
 
-#[derive(Deserialize)]
-struct Meta {
-    #[serde(default)]
-    metadata: ObjectMeta,
-}
-
-fn annotation(meta: Option<Result<Meta, serde_json::Error>>) -> anyhow::Result<Option<String>> {
-    Ok(match meta.transpose()? {
-        Some(m) => m
-            .metadata
-            .annotations
-            .and_then(|mut a| a.remove(RECORDING_ANNOTATION)),
-        None => None,
-    })
+fn annotation(meta: Option<Result<WithMetadata, serde_json::Error>>) -> anyhow::Result<Option<String>> {
+    let value = meta
+        .transpose()?
+        .and_then(|m| m.metadata)
+        .and_then(|m| m.annotations)
+        .and_then(|mut a| a.remove(RECORDING_ANNOTATION));
+    match value {
+        None => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(_) => anyhow::bail!("the annotation {RECORDING_ANNOTATION} is not a string"),
+    }
 }
 
 /// Removing the annotation is harmless (the pod is no longer recorded); adding or changing it is not.

@@ -1,30 +1,15 @@
 //! Refuses a malformed `secrets.phylax.dev/sync` annotation on Pods and on the pod templates of
 //! workloads, with the message the secret-sync controller would give, so it shows at apply time.
 
-use std::collections::BTreeMap;
-
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::api::sync_annotation::{ANNOTATION, parse};
-use crate::webhook::review::{FailurePolicy, Handler, Request, Verdict};
+use crate::webhook::review::{FailurePolicy, Handler, Request, Verdict, WithMetadata};
 
 pub struct SecretSyncAnnotation;
 
-/// The only parts of a Pod or workload this webhook reads; serde skips the rest of the object
-/// without building it.
-#[derive(Deserialize)]
-struct Metadata {
-    #[serde(default)]
-    annotations: Option<BTreeMap<String, Value>>,
-}
-
-#[derive(Deserialize)]
-struct WithMetadata {
-    #[serde(default)]
-    metadata: Option<Metadata>,
-}
-
+/// The only parts of a workload this webhook reads, down to its pod template's metadata.
 #[derive(Deserialize)]
 struct WithTemplate {
     #[serde(default)]
