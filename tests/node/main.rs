@@ -186,12 +186,20 @@ pub async fn describe_pods(client: &Client, ns: &str) -> String {
 /// A namespace for one test, deleted when the test ends, once pods can be admitted in it.
 pub async fn test_namespace(client: &Client, prefix: &str) -> TestNamespace {
     let ns = TestNamespace::create_with(client, &shared().kubeconfig, prefix).await;
-    // Pods are admitted once the namespace's default ServiceAccount exists.
+    // Pods are admitted once the namespace's default ServiceAccount has its token: on 1.20 the
+    // token controller adds the token Secret to the account after the account appears.
     let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &ns.name);
-    wait_for("the namespace's default ServiceAccount", POD_TIMEOUT, || {
-        let sas = sas.clone();
-        async move { sas.get_opt("default").await.ok().flatten().map(|_| ()) }
-    })
+    wait_for(
+        "the namespace's default ServiceAccount token",
+        POD_TIMEOUT,
+        || {
+            let sas = sas.clone();
+            async move {
+                let sa = sas.get_opt("default").await.ok().flatten()?;
+                sa.secrets.is_some_and(|s| !s.is_empty()).then_some(())
+            }
+        },
+    )
     .await;
     ns
 }
